@@ -173,8 +173,9 @@ pub struct TreeHash {
 /// fifos are refused: a rootfs never needs them (the sandbox mounts its own /dev).
 pub fn hash_tree(root: &Path) -> Result<TreeHash> {
     let mut files = BTreeMap::new();
-    let mut size_bytes = 0;
-    walk(root, root, &mut files, &mut size_bytes)?;
+    walk(root, root, &mut files, true)?;
+    hash_contents(root, &mut files, true)?;
+    let size_bytes = files.values().map(|r| r.size).sum();
     Ok(TreeHash {
         content_hash: content_hash(&files),
         files,
@@ -192,17 +193,19 @@ pub fn content_hash(files: &BTreeMap<String, FileRecord>) -> String {
     format!("sha256:{}", hex(&hasher.finalize()))
 }
 
+/// Lists the tree; file records get their hash later, in [`hash_contents`].
+/// `strict`: refuse special files (building); otherwise record them as kind `s` so
+/// `verify` reports them as changed and goes on.
 fn walk(
     root: &Path,
     dir: &Path,
     files: &mut BTreeMap<String, FileRecord>,
-    size: &mut u64,
+    strict: bool,
 ) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
+    let entries: Vec<_> = std::fs::read_dir(dir)
         .at(dir)?
         .collect::<std::io::Result<_>>()
         .at(dir)?;
-    entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
         let rel = rel_path(root, &path);
@@ -231,28 +234,79 @@ fn walk(
                     hash: String::new(),
                 },
             );
-            walk(root, &path, files, size)?;
+            walk(root, &path, files, strict)?;
         } else if ft.is_file() {
-            *size += meta.size();
             files.insert(
                 rel,
                 FileRecord {
                     kind: 'f',
                     mode,
                     size: meta.size(),
-                    hash: hash_file(&path)?,
+                    hash: String::new(),
                 },
             );
-        } else {
+        } else if strict {
             return Err(RootfsError::Io {
                 path,
                 source: std::io::Error::other(
                     "special file (device, fifo or socket) in a rootfs tree: remove it",
                 ),
             });
+        } else {
+            files.insert(
+                rel,
+                FileRecord {
+                    kind: 's',
+                    mode,
+                    size: 0,
+                    hash: String::new(),
+                },
+            );
         }
     }
     Ok(())
+}
+
+/// Hashes the content of every file record, on all cores (a rootfs is a GB or more).
+/// `strict`: stop at the first unreadable file; otherwise mark it unreadable and go on.
+fn hash_contents(
+    root: &Path,
+    files: &mut BTreeMap<String, FileRecord>,
+    strict: bool,
+) -> Result<()> {
+    let mut todo: Vec<(&String, &mut FileRecord)> =
+        files.iter_mut().filter(|(_, r)| r.kind == 'f').collect();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    let chunk = todo.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = todo
+            .chunks_mut(chunk)
+            .map(|part| {
+                scope.spawn(move || -> Result<()> {
+                    for (rel, rec) in part.iter_mut() {
+                        rec.hash = match hash_file(&root.join(rel.as_str())) {
+                            Ok(hash) => hash,
+                            Err(err) if strict => return Err(err),
+                            Err(err) => format!("unreadable: {err}"),
+                        };
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap_or_else(|_| {
+                Err(RootfsError::Io {
+                    path: root.to_path_buf(),
+                    source: std::io::Error::other("a hashing thread panicked"),
+                })
+            })?;
+        }
+        Ok(())
+    })
 }
 
 fn rel_path(root: &Path, path: &Path) -> String {
@@ -309,14 +363,13 @@ impl VerifyReport {
 /// Re-hashes `root` and compares it with `expected`.
 pub fn verify_tree(root: &Path, expected: &BTreeMap<String, FileRecord>) -> VerifyReport {
     let mut files = BTreeMap::new();
-    let mut size = 0;
     let mut report = VerifyReport::default();
-    // A tree that cannot be walked (e.g. a file turned into a fifo) is still reported file
-    // by file: walk what can be walked, the rest shows up as missing.
-    if let Err(err) = walk(root, root, &mut files, &mut size) {
-        if let RootfsError::Io { path, .. } | RootfsError::DiskFull { path } = &err {
-            report.changed.push(rel_path(root, path));
-        }
+    // Lenient: a special or unreadable file is reported as changed, and the rest is still
+    // checked; only a directory that cannot be listed stops the walk below it.
+    let walked =
+        walk(root, root, &mut files, false).and_then(|()| hash_contents(root, &mut files, false));
+    if let Err(RootfsError::Io { path, .. } | RootfsError::DiskFull { path }) = &walked {
+        report.changed.push(rel_path(root, path));
     }
     for (path, want) in expected {
         match files.get(path) {
@@ -413,5 +466,17 @@ mod tests {
             err.contains("fifo") && err.contains("special file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn verify_reports_a_file_swapped_for_a_fifo_and_checks_the_rest() {
+        let dir = tree();
+        let before = hash_tree(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join("top")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("top"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::write(dir.path().join("a/b/c.py"), "changed\n").unwrap();
+        let report = verify_tree(dir.path(), &before.files);
+        assert_eq!(report.changed, ["a/b/c.py", "top"]);
+        assert!(report.missing.is_empty() && report.added.is_empty());
     }
 }
