@@ -1,0 +1,225 @@
+//! `dsbox doctor`: what this kernel offers for each protection, with a one-line fix for
+//! each gap. Every probe is a cheap, side-effect-free syscall or file read.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cgroups::CgroupSystem;
+use crate::spec::Protection;
+
+/// One line of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+    /// How to get it, when it is missing.
+    pub fix: Option<&'static str>,
+}
+
+/// One mounted cgroup hierarchy.
+#[derive(Clone, Debug, Serialize)]
+pub struct HierarchyInfo {
+    pub version: &'static str,
+    pub mount: PathBuf,
+    pub controllers: Vec<String>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct DoctorReport {
+    pub kernel: String,
+    pub euid: u32,
+    pub cgroup_mode: &'static str,
+    pub hierarchies: Vec<HierarchyInfo>,
+    /// Where sandboxes' cgroups go (one per hierarchy used).
+    pub sandbox_cgroup_parents: Vec<PathBuf>,
+    pub checks: Vec<Check>,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn hierarchies() -> Vec<HierarchyInfo> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let l: Vec<&str> = left.split_whitespace().collect();
+        let r: Vec<&str> = right.split_whitespace().collect();
+        if l.len() < 5 || r.len() < 3 {
+            continue;
+        }
+        let mount = PathBuf::from(l[4]);
+        match r[0] {
+            "cgroup2" => {
+                let controllers = std::fs::read_to_string(mount.join("cgroup.controllers"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                out.push(HierarchyInfo {
+                    version: "v2",
+                    mount,
+                    controllers,
+                });
+            }
+            "cgroup" => out.push(HierarchyInfo {
+                version: "v1",
+                mount,
+                controllers: r[2]
+                    .split(',')
+                    .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("name="))
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn userns_works() -> Result<(), String> {
+    // Try it for real in a throwaway child: sysctls differ between distributions.
+    // SAFETY: fork; the child only calls unshare and _exit.
+    match unsafe { libc::fork() } {
+        -1 => Err("fork failed".into()),
+        0 => {
+            // SAFETY: unshare and _exit in a single-threaded child.
+            unsafe { libc::_exit(if libc::unshare(libc::CLONE_NEWUSER) == 0 { 0 } else { 1 }) }
+        }
+        pid => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                Ok(())
+            } else {
+                Err("unshare(CLONE_NEWUSER) failed".into())
+            }
+        }
+    }
+}
+
+fn syscall_probe(result: libc::c_long) -> Option<nix::errno::Errno> {
+    (result < 0).then(nix::errno::Errno::last)
+}
+
+/// Probe everything.
+pub fn report(cgroups: &CgroupSystem, cgroup_parent: Option<&std::path::Path>) -> DoctorReport {
+    let mut checks = Vec::new();
+    let userns = userns_works();
+    checks.push(Check {
+        name: "user namespaces",
+        available: userns.is_ok(),
+        detail: userns.err().unwrap_or_else(|| "unshare(CLONE_NEWUSER) works".into()),
+        fix: Some("sysctl -w user.max_user_namespaces=15000 (Debian: also kernel.unprivileged_userns_clone=1)"),
+    });
+    let cg = crate::sandbox::check_protection(Protection::Cgroup);
+    checks.push(Check {
+        name: "cgroups",
+        available: cg.is_ok(),
+        detail: match cgroups {
+            CgroupSystem::V2 { controllers, .. } => format!("v2 with {}", controllers.join(" ")),
+            CgroupSystem::V1 { hierarchies } => format!(
+                "v1 ({})",
+                hierarchies
+                    .iter()
+                    .map(|h| h.controllers.join(","))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            CgroupSystem::Unavailable { reason } => reason.clone(),
+        },
+        fix: cg.err().map(|(_, hint)| hint),
+    });
+    let sc = crate::seccomp::kernel_supports_filters();
+    checks.push(Check {
+        name: "seccomp",
+        available: sc,
+        detail: if sc {
+            "filters with the errno action".into()
+        } else {
+            "no seccomp filter support".into()
+        },
+        fix: (!sc).then_some("use a kernel built with CONFIG_SECCOMP_FILTER=y"),
+    });
+    let abi = crate::landlock::kernel_abi();
+    checks.push(Check {
+        name: "landlock",
+        available: abi > 0,
+        detail: if abi > 0 {
+            format!("ABI {abi}")
+        } else {
+            "not enabled".into()
+        },
+        fix: (abi == 0).then_some(
+            "use Linux >= 5.13 with CONFIG_SECURITY_LANDLOCK=y and `landlock` in lsm= on the kernel command line",
+        ),
+    });
+    let overlay = std::fs::read_to_string("/proc/filesystems")
+        .map(|s| s.lines().any(|l| l.trim_end().ends_with("overlay")))
+        .unwrap_or(false);
+    checks.push(Check {
+        name: "overlayfs",
+        available: overlay,
+        detail: if overlay { "available".into() } else { "not in /proc/filesystems".into() },
+        fix: (!overlay).then_some("modprobe overlay"),
+    });
+    // SAFETY: clone3 with a null argument and size 0 only validates its arguments
+    // (EINVAL when the syscall exists, ENOSYS when it does not); no process is created.
+    let clone3 = syscall_probe(unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) });
+    let has_clone3 = clone3 != Some(nix::errno::Errno::ENOSYS);
+    checks.push(Check {
+        name: "clone3",
+        available: has_clone3,
+        detail: if has_clone3 { "available (blocked inside sandboxes with ENOSYS)".into() } else { "ENOSYS".into() },
+        fix: (!has_clone3).then_some("use Linux >= 5.3"),
+    });
+    // SAFETY: pidfd_open of our own pid; the fd is closed right away.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    if fd >= 0 {
+        // SAFETY: our fd.
+        unsafe { libc::close(fd as i32) };
+    }
+    checks.push(Check {
+        name: "pidfd",
+        available: fd >= 0,
+        detail: if fd >= 0 { "pidfd_open works".into() } else { "pidfd_open failed".into() },
+        fix: (fd < 0).then_some("use Linux >= 5.3 (dsbox needs pidfds to wait for sandboxes)"),
+    });
+    // SAFETY: open_tree without OPEN_TREE_CLONE just opens a path; the fd is closed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: our fd.
+        unsafe { libc::close(fd as i32) };
+    }
+    checks.push(Check {
+        name: "open_tree",
+        available: fd >= 0,
+        detail: if fd >= 0 { "new mount API available".into() } else { "not available".into() },
+        fix: (fd < 0).then_some("use Linux >= 5.2 (optional: dsbox uses classic mount(2) today)"),
+    });
+    DoctorReport {
+        kernel: kernel_release(),
+        // SAFETY: geteuid has no preconditions.
+        euid: unsafe { libc::geteuid() },
+        cgroup_mode: cgroups.version(),
+        hierarchies: hierarchies(),
+        sandbox_cgroup_parents: cgroups.sandbox_parents(cgroup_parent),
+        checks,
+    }
+}

@@ -1,0 +1,434 @@
+//! The child side of the start path: the middle process, init (pid 1) and the payload's
+//! last steps before `execve`. These functions run after `fork` in a copy of a possibly
+//! multi-threaded runtime, so they never log, print, panic on purpose or touch std's
+//! locks (stdout, env); a failed step is sent to the runtime as `{step, errno}` and the
+//! process `_exit`s. (glibc's fork leaves malloc usable, so building a message is fine.)
+
+use std::os::fd::RawFd;
+
+use super::channel::send_quiet;
+use super::message::{Message, Step, StepError, StepTime, monotonic_ns};
+use super::{ChildPlan, Hardening, PayloadPlan};
+use crate::syscall::{Errno, LinuxSyscall, Syscall};
+use crate::{capabilities, rlimits};
+
+/// Exit code of a child whose setup failed (the runtime reports the step instead).
+const SETUP_FAILED: i32 = 125;
+
+/// Signals init forwards to the payload.
+pub const FORWARDED_SIGNALS: &[libc::c_int] = &[
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent.
+    unsafe { libc::_exit(code) }
+}
+
+fn fail(channel: RawFd, err: StepError) -> ! {
+    send_quiet(channel, &Message::SetupFailed(err));
+    exit(SETUP_FAILED)
+}
+
+/// Credentials and restrictions, in the order that keeps each step possible:
+/// bounding/ambient/inheritable caps (needs CAP_SETPCAP) → groups, gid, uid (the uid
+/// switch clears permitted/effective) → clear what is left → no_new_privs → landlock →
+/// seccomp last, so the filter does not have to allow the setup syscalls.
+pub fn harden(sys: &dyn Syscall, h: &Hardening, with_landlock: bool) -> Result<(), StepError> {
+    if h.drop_caps {
+        capabilities::drop_before_setuid(sys, h.last_cap)?;
+        capabilities::set_ids(sys, h.uid, h.gid, h.setgroups)?;
+        capabilities::clear_remaining(sys)?;
+    }
+    let needs_nnp = h.no_new_privs || h.seccomp.is_some() || (with_landlock && h.landlock.is_some());
+    if needs_nnp {
+        sys.set_no_new_privs()
+            .map_err(|e| StepError::new(Step::NoNewPrivs, e, None))?;
+    }
+    if with_landlock && let Some(ll) = &h.landlock {
+        ll.apply(sys)?;
+    }
+    if let Some(bpf) = &h.seccomp {
+        bpf.apply(sys)
+            .map_err(|e| StepError::new(Step::Seccomp, e, None))?;
+    }
+    Ok(())
+}
+
+/// Steps of the payload before exec: stdio and passed fds, close the rest, cwd, rlimits,
+/// hardening. Separate from the exec so unit tests can run it on the fake.
+pub fn prepare_payload(sys: &dyn Syscall, plan: &PayloadPlan, h: &Hardening) -> Result<(), StepError> {
+    for &(from, to) in &plan.fd_moves {
+        sys.dup2(from, to)
+            .map_err(|e| StepError::new(Step::Stdio, e, None))?;
+    }
+    for &(first, last) in &plan.close_ranges {
+        sys.close_range(first, last)
+            .map_err(|e| StepError::new(Step::CloseFds, e, None))?;
+    }
+    sys.chdir(&plan.cwd)
+        .map_err(|e| StepError::new(Step::Chdir, e, Some(&plan.cwd)))?;
+    rlimits::apply(sys, &plan.rlimits)?;
+    harden(sys, h, true)
+}
+
+fn reset_signals() {
+    // SAFETY: sigset operations on a local set; sigaction with SIG_DFL for every catchable
+    // signal. Handlers installed by the runtime must not run in a child.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..=31 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// The payload: prepare, then execve each candidate path. Never returns.
+pub fn payload_exec(plan: &PayloadPlan, h: &Hardening, channel: RawFd) -> ! {
+    let sys = LinuxSyscall;
+    reset_signals();
+    // SAFETY: umask has no failure mode.
+    unsafe { libc::umask(0o022) };
+    if let Err(e) = prepare_payload(&sys, plan, h) {
+        fail(channel, e);
+    }
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let mut errno = Errno::ENOENT;
+    let mut saw_eacces = false;
+    for path in &plan.candidates {
+        // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings that
+        // outlive the call.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        errno = Errno::last();
+        match errno {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => saw_eacces = true,
+            _ => break,
+        }
+    }
+    if saw_eacces && matches!(errno, Errno::ENOENT | Errno::ENOTDIR) {
+        errno = Errno::EACCES;
+    }
+    send_quiet(channel, &Message::ExecFailed { errno: errno as i32 });
+    exit(if errno == Errno::ENOENT { 127 } else { 126 })
+}
+
+/// Mounts, pivot_root, hostname, loopback: the sandbox's environment.
+pub fn setup_environment(
+    sys: &dyn Syscall,
+    plan: &ChildPlan,
+    steps: &mut Vec<StepTime>,
+) -> Result<(), StepError> {
+    plan.mounts.apply(sys)?;
+    steps.push(StepTime {
+        step: Step::PivotRoot,
+        at_ns: monotonic_ns(),
+    });
+    sys.sethostname(&plan.hostname)
+        .map_err(|e| StepError::new(Step::Sethostname, e, None))?;
+    if plan.loopback {
+        sys.loopback_up()
+            .map_err(|e| StepError::new(Step::Loopback, e, None))?;
+    }
+    steps.push(StepTime {
+        step: Step::Loopback,
+        at_ns: monotonic_ns(),
+    });
+    Ok(())
+}
+
+/// The middle process: join the cgroup(s), unshare, (user ns: wait for the id maps), then
+/// either clone init as a sibling (CLONE_PARENT: init is the runtime's direct child) and
+/// exit, or — without a pid namespace — become the sandbox process itself.
+pub fn middle_main(plan: &ChildPlan, channel: RawFd) -> ! {
+    let sys = LinuxSyscall;
+    let mut steps = Vec::with_capacity(16);
+    reset_signals();
+    // SAFETY: umask has no failure mode; 0 so modes in the mount plan are exact.
+    unsafe { libc::umask(0) };
+    // Join before unshare: the cgroup namespace is then rooted at the sandbox's own
+    // cgroup, and nothing of the sandbox ever runs outside its limits.
+    for &fd in &plan.cgroup_procs {
+        if let Err(e) = sys.join_cgroup(fd) {
+            fail(channel, StepError::new(Step::JoinCgroup, e, None));
+        }
+        let _ = sys.close(fd);
+    }
+    steps.push(StepTime {
+        step: Step::JoinCgroup,
+        at_ns: monotonic_ns(),
+    });
+    if let Err(e) = sys.unshare(plan.unshare_flags) {
+        fail(channel, StepError::new(Step::Unshare, e, None));
+    }
+    steps.push(StepTime {
+        step: Step::Unshare,
+        at_ns: monotonic_ns(),
+    });
+    if plan.userns {
+        send_quiet(channel, &Message::IdMapRequest);
+        let mut buf = [0u8; 256];
+        // SAFETY: buf is a valid buffer; we only wait for the runtime's go-ahead.
+        let n = unsafe { libc::recv(channel, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let ok = n > 0
+            && serde_json::from_slice::<Message>(&buf[..n as usize])
+                .is_ok_and(|m| m == Message::IdMapDone);
+        if !ok {
+            fail(channel, StepError::new(Step::WaitIdMap, Errno::EPROTO, None));
+        }
+        steps.push(StepTime {
+            step: Step::WaitIdMap,
+            at_ns: monotonic_ns(),
+        });
+    }
+    if !plan.pidns {
+        // No pid namespace (the zygote role): this process is the sandbox.
+        send_quiet(
+            channel,
+            &Message::InitStarted {
+                // SAFETY: getpid has no preconditions.
+                pid: unsafe { libc::getpid() },
+                steps: std::mem::take(&mut steps),
+            },
+        );
+        if let Err(e) = setup_environment(&sys, plan, &mut steps) {
+            fail(channel, e);
+        }
+        send_quiet(
+            channel,
+            &Message::Ready {
+                payload_pid: None,
+                steps,
+            },
+        );
+        match &plan.payload {
+            Some(payload) => payload_exec(payload, &plan.payload_hardening, channel),
+            None => exit(SETUP_FAILED),
+        }
+    }
+    // SAFETY: a raw clone with a null stack behaves like fork: the child continues on a
+    // copy of our stack. We are single-threaded (a fork child), so no lock can be held by
+    // another thread; CLONE_PARENT makes the runtime init's parent, and the new pid
+    // namespace (from unshare) makes it pid 1 there.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        fail(channel, StepError::new(Step::CloneInit, Errno::last(), None));
+    }
+    if pid == 0 {
+        init_main(plan, channel, steps);
+    }
+    steps.push(StepTime {
+        step: Step::CloneInit,
+        at_ns: monotonic_ns(),
+    });
+    send_quiet(
+        channel,
+        &Message::InitStarted {
+            pid: pid as i32,
+            steps,
+        },
+    );
+    exit(0)
+}
+
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Init, pid 1 of the sandbox.
+fn init_main(plan: &ChildPlan, channel: RawFd, mut steps: Vec<StepTime>) -> ! {
+    let sys = LinuxSyscall;
+    steps.clear();
+    if plan.die_with_parent {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != plan.runtime_pid {
+            exit(SETUP_FAILED);
+        }
+    }
+    if let Err(e) = setup_environment(&sys, plan, &mut steps) {
+        fail(channel, e);
+    }
+    // Block the signals init handles, before the payload exists, so none is lost; they
+    // are taken with sigwaitinfo below (a blocked signal is queued even for pid 1).
+    let mut handled = FORWARDED_SIGNALS.to_vec();
+    handled.push(libc::SIGCHLD);
+    let set = sigset(&handled);
+    // SAFETY: set is a valid sigset_t.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    let mut payload_pid = None;
+    if let Some(payload) = &plan.payload {
+        // SAFETY: fork in a single-threaded process; the child only runs payload_exec.
+        match unsafe { libc::fork() } {
+            -1 => fail(channel, StepError::new(Step::ForkPayload, Errno::last(), None)),
+            0 => payload_exec(payload, &plan.payload_hardening, channel),
+            pid => payload_pid = Some(pid),
+        }
+    }
+    steps.push(StepTime {
+        step: Step::ForkPayload,
+        at_ns: monotonic_ns(),
+    });
+    send_quiet(channel, &Message::Ready { payload_pid, steps });
+
+    // Init keeps nothing but the channel: no stdio, no fd of the runtime.
+    for (first, last) in super::close_ranges(&[channel]) {
+        let _ = sys.close_range(first, last);
+    }
+    if let Err(e) = harden(&sys, &plan.init_hardening, false) {
+        // The payload already runs; without hardening init must not stay around.
+        send_quiet(channel, &Message::SetupFailed(e));
+        exit(SETUP_FAILED);
+    }
+    init_loop(channel, payload_pid, &set)
+}
+
+/// Reap every child, forward signals, report the payload's exit and leave with it (which
+/// makes the kernel kill whatever is left in the pid namespace).
+fn init_loop(channel: RawFd, payload_pid: Option<i32>, set: &libc::sigset_t) -> ! {
+    loop {
+        // SAFETY: siginfo_t is plain data that sigwaitinfo fills in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: set and info are valid.
+        let sig = unsafe { libc::sigwaitinfo(set, &mut info) };
+        if sig < 0 {
+            continue;
+        }
+        if sig == libc::SIGCHLD {
+            loop {
+                let mut status = 0;
+                // SAFETY: status is a valid out-pointer.
+                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                if pid <= 0 {
+                    break;
+                }
+                if Some(pid) == payload_pid {
+                    send_quiet(channel, &Message::PayloadExited { status });
+                    let code = if libc::WIFEXITED(status) {
+                        libc::WEXITSTATUS(status)
+                    } else {
+                        128 + libc::WTERMSIG(status)
+                    };
+                    exit(code);
+                }
+            }
+        } else if let Some(pid) = payload_pid {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, sig) };
+        } else {
+            // Shell mode: a terminating signal from outside ends the sandbox.
+            exit(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::{Call, RecordingSyscall};
+    use std::ffi::CString;
+
+    fn hardening() -> Hardening {
+        Hardening {
+            uid: 1000,
+            gid: 1000,
+            setgroups: true,
+            drop_caps: true,
+            last_cap: 40,
+            no_new_privs: true,
+            landlock: None,
+            seccomp: Some(crate::seccomp::default_program()),
+        }
+    }
+
+    fn payload() -> PayloadPlan {
+        PayloadPlan {
+            candidates: vec![CString::new("/bin/true").unwrap()],
+            argv: vec![CString::new("true").unwrap()],
+            envp: vec![],
+            cwd: CString::new("/workdir").unwrap(),
+            rlimits: crate::spec::Limits::default().rlimits,
+            fd_moves: vec![(10, 0), (11, 3)],
+            close_ranges: super::super::close_ranges(&[0, 1, 2, 3, 9]),
+        }
+    }
+
+    #[test]
+    fn payload_steps_run_in_the_documented_order() {
+        let fake = RecordingSyscall::new();
+        prepare_payload(&fake, &payload(), &hardening()).unwrap();
+        assert_eq!(
+            fake.names(),
+            vec![
+                "dup2",
+                "dup2",
+                "close_range",
+                "close_range",
+                "chdir",
+                "setrlimit",
+                "setrlimit",
+                "drop_bounding_set",
+                "clear_ambient",
+                "clear_inheritable",
+                "setgroups",
+                "setresgid",
+                "setresuid",
+                "clear_all_caps",
+                "set_no_new_privs",
+                "seccomp_set_filter",
+            ]
+        );
+        assert!(fake.calls().contains(&Call::CloseRange(4, 8)));
+        assert!(fake.calls().contains(&Call::Setresuid(1000)));
+        assert!(fake.calls().contains(&Call::Setrlimit(libc::RLIMIT_CORE as u32, 0, 0)));
+    }
+
+    #[test]
+    fn a_failed_uid_switch_stops_before_seccomp_and_names_the_step() {
+        let fake = RecordingSyscall::failing("setresuid", 0, Errno::EPERM);
+        let err = prepare_payload(&fake, &payload(), &hardening()).unwrap_err();
+        assert_eq!(err.step, Step::SetIds);
+        assert_eq!(err.errno, libc::EPERM);
+        assert!(!fake.names().contains(&"seccomp_set_filter"));
+    }
+
+    #[test]
+    fn keeping_capabilities_skips_the_uid_switch_but_not_seccomp() {
+        let mut h = hardening();
+        h.drop_caps = false;
+        let fake = RecordingSyscall::new();
+        harden(&fake, &h, true).unwrap();
+        assert_eq!(fake.names(), vec!["set_no_new_privs", "seccomp_set_filter"]);
+    }
+}

@@ -1,0 +1,107 @@
+//! The processes of a sandbox and what each one does.
+//!
+//! * [`start`]: the runtime side — fork the middle process, answer its requests, collect
+//!   init's pid and the `Ready` message.
+//! * [`init`]: the child side — the middle process (cgroup join, unshare, clone init),
+//!   init (mounts, pivot_root, hostname, loopback, fork payload, reap, forward signals)
+//!   and the payload's last steps before `execve`.
+//! * [`channel`] / [`message`]: the typed protocol between them.
+//!
+//! Everything a child needs is prepared in the parent as a [`ChildPlan`] (C strings,
+//! mount plan, compiled seccomp program, landlock rules), so the children make syscalls
+//! and little else.
+
+pub mod channel;
+pub mod init;
+pub mod message;
+pub mod start;
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use crate::landlock::PreparedLandlock;
+use crate::rootfs::MountPlan;
+use crate::seccomp::BpfProgram;
+use crate::spec::Rlimit;
+
+/// Credentials and restrictions applied to the payload (and, minus landlock, to init).
+#[derive(Clone, Debug)]
+pub struct Hardening {
+    pub uid: u32,
+    pub gid: u32,
+    /// Clear supplementary groups (not possible in a user namespace whose setgroups was
+    /// denied by an unprivileged runtime).
+    pub setgroups: bool,
+    pub drop_caps: bool,
+    pub last_cap: u32,
+    pub no_new_privs: bool,
+    pub landlock: Option<PreparedLandlock>,
+    pub seccomp: Option<BpfProgram>,
+}
+
+/// What the payload does between fork and execve.
+#[derive(Clone, Debug)]
+pub struct PayloadPlan {
+    /// Paths tried in order with execve (PATH lookup done in the parent).
+    pub candidates: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: CString,
+    pub rlimits: Vec<Rlimit>,
+    /// `(from, to)` dup2 pairs; every `from` is above every `to`, so order does not matter.
+    pub fd_moves: Vec<(RawFd, RawFd)>,
+    /// fd ranges to close (inclusive), computed from the fds the payload keeps.
+    pub close_ranges: Vec<(u32, u32)>,
+}
+
+/// Everything the middle process, init and the payload need, prepared by the runtime.
+#[derive(Clone, Debug)]
+pub struct ChildPlan {
+    pub unshare_flags: libc::c_int,
+    pub userns: bool,
+    pub pidns: bool,
+    /// `cgroup.procs` fds to write "0" to (join before anything else happens).
+    pub cgroup_procs: Vec<RawFd>,
+    pub mounts: MountPlan,
+    pub hostname: Vec<u8>,
+    pub loopback: bool,
+    pub payload: Option<PayloadPlan>,
+    pub payload_hardening: Hardening,
+    pub init_hardening: Hardening,
+    /// Kill init when the runtime's thread that started it dies (PR_SET_PDEATHSIG).
+    pub die_with_parent: bool,
+    /// The runtime's pid, to detect that it died before PR_SET_PDEATHSIG took effect.
+    pub runtime_pid: i32,
+}
+
+/// The fd ranges to close so that only `keep` (sorted or not) stays open.
+pub fn close_ranges(keep: &[RawFd]) -> Vec<(u32, u32)> {
+    let mut keep: Vec<u32> = keep.iter().filter(|&&f| f >= 0).map(|&f| f as u32).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut ranges = Vec::new();
+    let mut next = 0u32;
+    for k in keep {
+        if k > next {
+            ranges.push((next, k - 1));
+        }
+        next = k + 1;
+    }
+    ranges.push((next, u32::MAX));
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_ranges;
+
+    #[test]
+    fn close_ranges_leave_exactly_the_kept_fds() {
+        assert_eq!(close_ranges(&[0, 1, 2]), vec![(3, u32::MAX)]);
+        assert_eq!(
+            close_ranges(&[2, 0, 1, 7, 5]),
+            vec![(3, 4), (6, 6), (8, u32::MAX)]
+        );
+        assert_eq!(close_ranges(&[]), vec![(0, u32::MAX)]);
+    }
+}

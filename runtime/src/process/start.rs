@@ -1,0 +1,209 @@
+//! The runtime side of the start path: fork the middle process, answer its id-map
+//! request, learn init's pid, wait for `Ready`.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::ChildPlan;
+use super::channel::{Channel, ChannelError};
+use super::init::middle_main;
+use super::message::{Message, StepError, StepTime, monotonic_ns};
+use crate::namespaces::{self, NamespaceError};
+
+/// Errors of the start path as seen by the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("fork failed: {0}")]
+    Fork(nix::errno::Errno),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    IdMap(#[from] NamespaceError),
+    #[error("sandbox setup failed while {step}{}: {errno}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(), errno = nix::errno::Errno::from_raw(*errno))]
+    Setup {
+        step: super::message::Step,
+        errno: i32,
+        detail: Option<String>,
+    },
+    #[error("the sandbox process exited during setup without saying why (wait status {status})")]
+    ChildDied { status: i32 },
+    #[error("cannot open a pidfd for init (pid {pid}): {errno}")]
+    Pidfd { pid: i32, errno: nix::errno::Errno },
+    #[error("moving an fd above {min} failed: {errno}")]
+    Dup { min: RawFd, errno: nix::errno::Errno },
+}
+
+impl From<StepError> for StartError {
+    fn from(e: StepError) -> Self {
+        StartError::Setup {
+            step: e.step,
+            errno: e.errno,
+            detail: e.detail,
+        }
+    }
+}
+
+/// What the runtime knows once the sandbox is ready.
+#[derive(Debug)]
+pub struct Started {
+    pub init_pid: i32,
+    pub pidfd: OwnedFd,
+    pub payload_pid: Option<i32>,
+    pub channel: Channel,
+    pub steps: Vec<StepTime>,
+    pub forked_ns: u64,
+    pub ready_ns: u64,
+    /// An `ExecFailed` that arrived before `Ready`.
+    pub exec_failed: Option<i32>,
+}
+
+/// Duplicate `fd` to the lowest free number >= `min`, close-on-exec.
+pub fn dup_above(fd: RawFd, min: RawFd) -> Result<OwnedFd, StartError> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd that we own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(StartError::Dup {
+            min,
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    // SAFETY: `new` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn waitpid_blocking(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer; pid is our own child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        if rc == pid {
+            return Some(status);
+        }
+        if rc < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// Open a pidfd for `pid`.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, StartError> {
+    // SAFETY: pidfd_open takes a pid and flags; the fd returned is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(StartError::Pidfd {
+            pid,
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    // SAFETY: a fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Fork the middle process and drive the start path until init reports `Ready`.
+/// `child_channel` must already sit above every fd number the payload will use.
+pub fn start(
+    plan: &ChildPlan,
+    parent: Channel,
+    child_channel: OwnedFd,
+    sandbox_uid: u32,
+    sandbox_gid: u32,
+) -> Result<Started, StartError> {
+    let child_fd = child_channel.as_raw_fd();
+    // SAFETY: glibc's fork; the child runs only `middle_main`, which never returns and
+    // avoids std's locks (see process/init.rs).
+    let middle = match unsafe { nix::unistd::fork() } {
+        Err(e) => return Err(StartError::Fork(e)),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: closing the parent's end in the child; the number is ours.
+            unsafe { libc::close(parent.raw_fd()) };
+            middle_main(plan, child_fd)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+    };
+    let forked_ns = monotonic_ns();
+    // Our copy of the child's end must go, or EOF would never come.
+    drop(child_channel);
+
+    let mut init_pid = None;
+    let mut steps = Vec::new();
+    let mut exec_failed = None;
+    let cleanup = |init_pid: Option<i32>| {
+        if let Some(pid) = init_pid {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            waitpid_blocking(pid);
+        }
+        if init_pid != Some(middle) {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(middle, libc::SIGKILL) };
+            waitpid_blocking(middle);
+        }
+    };
+    loop {
+        let msg = match parent.recv() {
+            Ok(m) => m,
+            Err(e) => {
+                cleanup(init_pid);
+                return Err(e.into());
+            }
+        };
+        match msg {
+            Some(Message::IdMapRequest) => {
+                let r = namespaces::write_id_maps(middle, sandbox_uid, sandbox_gid)
+                    .map_err(StartError::from)
+                    .and_then(|()| Ok(parent.send(&Message::IdMapDone)?));
+                if let Err(e) = r {
+                    cleanup(init_pid);
+                    return Err(e);
+                }
+            }
+            Some(Message::InitStarted { pid, steps: s }) => {
+                init_pid = Some(pid);
+                steps.extend(s);
+            }
+            Some(Message::Ready {
+                payload_pid,
+                steps: s,
+            }) => {
+                let ready_ns = monotonic_ns();
+                steps.extend(s);
+                let Some(init) = init_pid else {
+                    cleanup(None);
+                    return Err(StartError::ChildDied { status: -1 });
+                };
+                if init != middle {
+                    // The middle process exits right after cloning init.
+                    waitpid_blocking(middle);
+                }
+                let pidfd = match pidfd_open(init) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        cleanup(Some(init));
+                        return Err(e);
+                    }
+                };
+                return Ok(Started {
+                    init_pid: init,
+                    pidfd,
+                    payload_pid,
+                    channel: parent,
+                    steps,
+                    forked_ns,
+                    ready_ns,
+                    exec_failed,
+                });
+            }
+            Some(Message::ExecFailed { errno }) => exec_failed = Some(errno),
+            Some(Message::SetupFailed(e)) => {
+                cleanup(init_pid);
+                return Err(e.into());
+            }
+            Some(Message::PayloadExited { .. } | Message::IdMapDone) => {}
+            None => {
+                let status = waitpid_blocking(middle).unwrap_or(-1);
+                cleanup(init_pid.filter(|&p| p != middle));
+                return Err(StartError::ChildDied { status });
+            }
+        }
+    }
+}

@@ -1,0 +1,845 @@
+//! The public handle: [`Sandbox::spawn`] builds a sandbox from a [`SandboxSpec`] and
+//! returns once its init reports ready; `wait`, `kill` and `destroy` end it;
+//! `join_plan` describes how another process joins a shell sandbox.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::{CgroupLimits, CgroupStats, CgroupSystem, SandboxCgroup};
+use crate::error::{Error, Result};
+use crate::landlock::{self, LandlockPlan};
+use crate::process::channel::Channel;
+use crate::process::message::{Message, StepTime, monotonic_ns};
+use crate::process::start::{self, dup_above};
+use crate::process::{ChildPlan, Hardening, PayloadPlan, close_ranges};
+use crate::rootfs::MountPlan;
+use crate::seccomp::{self, BpfProgram};
+use crate::spec::{CapabilityMode, Network, ProcessSpec, Protection, SandboxSpec, SeccompPolicy};
+use crate::state::{StateRecord, own_start_time};
+use crate::syscall::Errno;
+use crate::{capabilities, gc, namespaces, rlimits};
+
+/// Where a standard stream of the payload comes from.
+#[derive(Debug, Default)]
+pub enum Stdio {
+    /// The runtime's own stream.
+    #[default]
+    Inherit,
+    /// /dev/null.
+    Null,
+    /// This fd (e.g. one end of a pipe).
+    Fd(OwnedFd),
+}
+
+/// How to start the payload.
+#[derive(Debug, Default)]
+pub struct SpawnOptions {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+    /// Extra fds for the payload: `(fd, number it gets inside)`.
+    pub extra_fds: Vec<(OwnedFd, RawFd)>,
+    /// Kill the sandbox when the thread that spawned it exits (PR_SET_PDEATHSIG). Right
+    /// for a single-threaded CLI; wrong for a thread pool, whose threads come and go.
+    pub die_with_runtime: bool,
+}
+
+/// How the payload ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    fn from_wait(status: i32) -> Self {
+        if libc::WIFEXITED(status) {
+            ExitStatus::Exited(libc::WEXITSTATUS(status))
+        } else {
+            ExitStatus::Signaled(libc::WTERMSIG(status))
+        }
+    }
+
+    /// Shell convention: the exit code, or 128 + signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// Why the runtime or the kernel killed the sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum KillReason {
+    /// The wall-clock timeout passed.
+    Timeout { after: Duration },
+    /// The kernel's OOM killer, at the cgroup's memory limit.
+    OutOfMemory { limit: Option<u64> },
+    /// Killed while the pids limit was being hit.
+    PidsLimit { limit: Option<u64> },
+}
+
+fn format_bytes(b: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if b >= MIB && b % MIB == 0 {
+        format!("{} MiB", b / MIB)
+    } else if b >= 1024 && b % 1024 == 0 {
+        format!("{} KiB", b / 1024)
+    } else {
+        format!("{b} bytes")
+    }
+}
+
+impl std::fmt::Display for KillReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KillReason::Timeout { after } => {
+                write!(f, "killed: timeout ({:.3}s wall-clock limit reached)", after.as_secs_f64())
+            }
+            KillReason::OutOfMemory { limit: Some(l) } => {
+                write!(f, "killed: out of memory (limit {})", format_bytes(*l))
+            }
+            KillReason::OutOfMemory { limit: None } => write!(f, "killed: out of memory"),
+            KillReason::PidsLimit { limit } => match limit {
+                Some(l) => write!(f, "killed: pids limit ({l}) reached"),
+                None => write!(f, "killed: pids limit reached"),
+            },
+        }
+    }
+}
+
+/// The runtime's own timestamps for one sandbox (CLOCK_MONOTONIC ns), so benchmarks can
+/// compare self-reported against wall-clock figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Timings {
+    /// `spawn` was called.
+    pub request_ns: u64,
+    /// fork returned in the runtime.
+    pub forked_ns: u64,
+    /// init reported ready (payload forked).
+    pub ready_ns: u64,
+    /// init's exit was seen.
+    pub exited_ns: Option<u64>,
+    /// Ends of the children's steps (middle process and init).
+    pub steps: Vec<StepTime>,
+}
+
+impl Timings {
+    /// request → ready.
+    pub fn start_latency(&self) -> Duration {
+        Duration::from_nanos(self.ready_ns.saturating_sub(self.request_ns))
+    }
+}
+
+/// The end of a sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExitReport {
+    pub status: ExitStatus,
+    pub killed: Option<KillReason>,
+    /// execve failed inside (errno); status is then 127 (ENOENT) or 126.
+    pub exec_errno: Option<i32>,
+    pub cgroup: Option<CgroupStats>,
+    pub timings: Timings,
+}
+
+impl ExitReport {
+    /// The exit code by shell convention (128 + signal when killed).
+    pub fn code(&self) -> i32 {
+        self.status.code()
+    }
+}
+
+/// How a process joins a shell sandbox (see docs/architecture.md, "Kernels").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinPlan {
+    /// setns flags for after the fork (pid is entered before it).
+    pub namespaces: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// `(resource, soft, hard)`.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    pub landlock: Option<LandlockPlan>,
+    /// base64 of the `struct sock_filter` array; None when seccomp is off.
+    pub seccomp_bpf: Option<String>,
+    pub hostname: String,
+    pub drop_capabilities: bool,
+    pub no_new_privs: bool,
+}
+
+/// The plan and the fds to pass with it (by SCM_RIGHTS, for another process).
+#[derive(Debug)]
+pub struct Join<'a> {
+    pub plan: JoinPlan,
+    /// init's pidfd: `setns(pidfd, CLONE_NEWPID)` before fork, the rest after.
+    pub pidfd: BorrowedFd<'a>,
+    /// `cgroup.procs` of each of the sandbox's cgroups (write "0" to join).
+    pub cgroup_procs: Vec<BorrowedFd<'a>>,
+}
+
+/// Process-wide facts, detected once.
+struct Host {
+    cgroups: CgroupSystem,
+    staging: PathBuf,
+    euid: u32,
+}
+
+fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let staging = PathBuf::from("/run/dsbox/root");
+        let _ = std::fs::create_dir_all(&staging);
+        Host {
+            cgroups: CgroupSystem::detect(),
+            staging,
+            // SAFETY: geteuid has no preconditions.
+            euid: unsafe { libc::geteuid() },
+        }
+    })
+}
+
+/// The cgroup system this process uses (detected once).
+pub fn cgroup_system() -> &'static CgroupSystem {
+    &host().cgroups
+}
+
+fn new_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{:x}-{:x}", std::process::id(), own_start_time(), n)
+}
+
+/// Is `protection` available here, and if not, why and how to fix it.
+pub fn check_protection(p: Protection) -> std::result::Result<(), (String, &'static str)> {
+    match p {
+        Protection::Seccomp if !seccomp::kernel_supports_filters() => Err((
+            "the kernel has no seccomp filter support".into(),
+            "use a kernel built with CONFIG_SECCOMP_FILTER=y",
+        )),
+        Protection::Landlock if landlock::kernel_abi() == 0 => Err((
+            "landlock is not enabled in this kernel".into(),
+            "use Linux >= 5.13 with CONFIG_SECURITY_LANDLOCK=y and `landlock` in the lsm= boot parameter",
+        )),
+        Protection::Cgroup => match cgroup_system() {
+            CgroupSystem::Unavailable { reason } => Err((
+                reason.clone(),
+                "mount cgroup v2 with the memory and pids controllers enabled (or v1 memory and pids hierarchies) and run as root",
+            )),
+            _ => Ok(()),
+        },
+        Protection::Userns if !namespaces::userns_available() => Err((
+            "user namespaces are disabled".into(),
+            "sysctl -w user.max_user_namespaces=15000",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn exec_candidates(process: &ProcessSpec, env: &[(String, String)]) -> Vec<CString> {
+    let prog = &process.args[0];
+    if prog.contains('/') {
+        return CString::new(prog.as_str()).into_iter().collect();
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(crate::spec::DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .filter_map(|d| CString::new(format!("{}/{prog}", d.trim_end_matches('/'))).ok())
+        .collect()
+}
+
+/// A running (or finished) sandbox. Dropping it destroys it (best effort).
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    init_pid: i32,
+    pidfd: OwnedFd,
+    channel: Channel,
+    pidns: bool,
+    cgroup: Option<SandboxCgroup>,
+    cgroup_procs: Vec<OwnedFd>,
+    memory_limit: Option<u64>,
+    pids_limit: Option<u64>,
+    timeout: Option<Duration>,
+    state_path: Option<PathBuf>,
+    timings: Timings,
+    exec_errno: Option<i32>,
+    payload_status: Option<i32>,
+    killed: Option<KillReason>,
+    report: Option<ExitReport>,
+    join: JoinPlan,
+    destroyed: bool,
+}
+
+impl Sandbox {
+    /// Build the sandbox described by `spec` and start its payload (or, without a
+    /// process, an empty shell that others join). Returns once init is ready.
+    ///
+    /// ```no_run
+    /// use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
+    /// let spec = SandboxSpec::builder().with_command(["/bin/echo", "hi"]).build()?;
+    /// let mut sandbox = Sandbox::spawn(&spec, SpawnOptions::default())?;
+    /// let report = sandbox.wait()?;
+    /// assert_eq!(report.code(), 0);
+    /// sandbox.destroy()?;
+    /// # Ok::<(), dsbox_runtime::Error>(())
+    /// ```
+    pub fn spawn(spec: &SandboxSpec, opts: SpawnOptions) -> Result<Sandbox> {
+        let request_ns = monotonic_ns();
+        spec.validate()?;
+        let host = host();
+        gc::startup_sweep(&host.cgroups, spec.cgroup_parent.as_deref());
+        for &p in &spec.require {
+            if let Err((reason, hint)) = check_protection(p) {
+                return Err(Error::MissingProtection {
+                    protection: p,
+                    reason,
+                    hint,
+                });
+            }
+        }
+        let userns =
+            spec.namespaces.user || host.euid != 0 || spec.require.contains(&Protection::Userns);
+        let seccomp: Option<BpfProgram> = match &spec.seccomp {
+            SeccompPolicy::Disabled => None,
+            SeccompPolicy::File(path) => Some(seccomp::compile_file(path)?),
+            SeccompPolicy::Default if seccomp::kernel_supports_filters() => {
+                Some(seccomp::default_program())
+            }
+            SeccompPolicy::Default => {
+                tracing::warn!("seccomp filters are unavailable in this kernel; running without");
+                None
+            }
+        };
+        let landlock_plan = LandlockPlan::for_spec(spec, landlock::kernel_abi());
+        let mounts = MountPlan::build(spec, &host.staging, userns)?;
+        let id = new_id();
+
+        let limits = CgroupLimits {
+            memory: spec.limits.memory,
+            pids: spec.limits.pids,
+            cpus: spec.limits.cpus,
+            freezer: !spec.namespaces.pid,
+        };
+        let cgroup = match host
+            .cgroups
+            .create(&id, spec.cgroup_parent.as_deref(), &limits)
+        {
+            Ok(cg) => cg,
+            Err(e)
+                if !spec.require.contains(&Protection::Cgroup)
+                    && limits.memory.is_none()
+                    && limits.pids.is_none()
+                    && limits.cpus.is_none() =>
+            {
+                tracing::warn!("running without a cgroup: {e}");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let result = Self::spawn_in(spec, opts, request_ns, id, cgroup, mounts, seccomp, landlock_plan, userns);
+        result.map_err(|(err, cgroup)| {
+            if let Some(cg) = cgroup
+                && let Err(cleanup) = cg.remove()
+            {
+                return Error::WithCleanup {
+                    first: Box::new(err),
+                    cleanup: Box::new(cleanup.into()),
+                };
+            }
+            err
+        })
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::result_large_err)]
+    fn spawn_in(
+        spec: &SandboxSpec,
+        opts: SpawnOptions,
+        request_ns: u64,
+        id: String,
+        cgroup: Option<SandboxCgroup>,
+        mounts: MountPlan,
+        seccomp: Option<BpfProgram>,
+        landlock_plan: Option<LandlockPlan>,
+        userns: bool,
+    ) -> std::result::Result<Sandbox, (Error, Option<SandboxCgroup>)> {
+        macro_rules! tri {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((Error::from(e), cgroup)),
+                }
+            };
+        }
+        let procs = cgroup.as_ref().map(SandboxCgroup::open_procs).transpose();
+        let cgroup_procs = tri!(procs).unwrap_or_default();
+        let process = spec.process.clone().unwrap_or_default();
+        let env = process.effective_env();
+        let (parent_chan, child_chan) = tri!(Channel::pair());
+
+        // Every fd the payload gets is first moved above every target number, so the
+        // child's dup2 calls cannot clobber each other.
+        let max_target = opts
+            .extra_fds
+            .iter()
+            .map(|(_, t)| *t)
+            .chain([2])
+            .max()
+            .unwrap_or(2);
+        let min = max_target + 1;
+        let mut held: Vec<OwnedFd> = Vec::new();
+        let mut fd_moves = Vec::new();
+        for (target, stdio) in [(0, &opts.stdin), (1, &opts.stdout), (2, &opts.stderr)] {
+            let high = match stdio {
+                Stdio::Inherit => continue,
+                Stdio::Null => {
+                    let null = tri!(
+                        std::fs::File::options()
+                            .read(true)
+                            .write(true)
+                            .open("/dev/null")
+                            .map_err(|source| Error::Io {
+                                op: "open",
+                                path: "/dev/null".into(),
+                                source,
+                            })
+                    );
+                    tri!(dup_above(null.as_raw_fd(), min))
+                }
+                Stdio::Fd(fd) => tri!(dup_above(fd.as_raw_fd(), min)),
+            };
+            fd_moves.push((high.as_raw_fd(), target));
+            held.push(high);
+        }
+        let mut targets = vec![0, 1, 2];
+        for (fd, target) in &opts.extra_fds {
+            let high = tri!(dup_above(fd.as_raw_fd(), min));
+            fd_moves.push((high.as_raw_fd(), *target));
+            targets.push(*target);
+            held.push(high);
+        }
+        let child_fd = tri!(dup_above(child_chan.raw_fd(), min));
+        drop(child_chan);
+        targets.push(child_fd.as_raw_fd());
+
+        let drop_caps = spec.capabilities == CapabilityMode::Drop;
+        let hardening = Hardening {
+            uid: process.uid,
+            gid: process.gid,
+            // A root runtime keeps setgroups allowed in a user namespace (see namespaces).
+            setgroups: !userns || host().euid == 0,
+            drop_caps,
+            last_cap: capabilities::last_cap(),
+            no_new_privs: spec.no_new_privs,
+            landlock: landlock_plan.as_ref().map(LandlockPlan::prepare),
+            seccomp: seccomp.clone(),
+        };
+        let payload = spec.process.as_ref().map(|p| PayloadPlan {
+            candidates: exec_candidates(p, &env),
+            argv: p
+                .args
+                .iter()
+                .filter_map(|a| CString::new(a.as_str()).ok())
+                .collect(),
+            envp: env
+                .iter()
+                .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+                .collect(),
+            cwd: CString::new(p.cwd.as_os_str().as_bytes()).unwrap_or_default(),
+            rlimits: spec.limits.rlimits.clone(),
+            fd_moves: fd_moves.clone(),
+            close_ranges: close_ranges(&targets),
+        });
+        let plan = ChildPlan {
+            unshare_flags: namespaces::unshare_flags(spec),
+            userns,
+            pidns: spec.namespaces.pid,
+            cgroup_procs: cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
+            mounts,
+            hostname: spec.hostname.as_bytes().to_vec(),
+            loopback: spec.network == Network::None,
+            payload,
+            init_hardening: Hardening {
+                landlock: None,
+                ..hardening.clone()
+            },
+            payload_hardening: hardening,
+            die_with_parent: opts.die_with_runtime,
+            runtime_pid: std::process::id() as i32,
+        };
+        let started = tri!(start::start(
+            &plan,
+            parent_chan,
+            child_fd,
+            process.uid,
+            process.gid
+        ));
+        drop(held);
+        drop(opts);
+
+        let join = JoinPlan {
+            namespaces: namespaces::join_flags(spec),
+            uid: process.uid,
+            gid: process.gid,
+            cwd: process.cwd.clone(),
+            env,
+            rlimits: rlimits::as_triples(&spec.limits.rlimits),
+            landlock: landlock_plan,
+            seccomp_bpf: seccomp.as_ref().map(BpfProgram::to_base64),
+            hostname: spec.hostname.clone(),
+            drop_capabilities: drop_caps,
+            no_new_privs: spec.no_new_privs,
+        };
+        let mut sandbox = Sandbox {
+            id,
+            init_pid: started.init_pid,
+            pidfd: started.pidfd,
+            channel: started.channel,
+            pidns: spec.namespaces.pid,
+            cgroup,
+            // Kept for joiners of a shell only; a run-mode sandbox needs no more joins.
+            cgroup_procs: if spec.process.is_none() {
+                cgroup_procs
+            } else {
+                Vec::new()
+            },
+            memory_limit: spec.limits.memory,
+            pids_limit: spec.limits.pids,
+            timeout: spec.limits.timeout,
+            state_path: None,
+            timings: Timings {
+                request_ns,
+                forked_ns: started.forked_ns,
+                ready_ns: started.ready_ns,
+                exited_ns: None,
+                steps: started.steps,
+            },
+            exec_errno: started.exec_failed,
+            payload_status: None,
+            killed: None,
+            report: None,
+            join,
+            destroyed: false,
+        };
+        let record = StateRecord {
+            id: sandbox.id.clone(),
+            runtime_pid: std::process::id() as i32,
+            runtime_start_time: own_start_time(),
+            init_pid: sandbox.init_pid,
+            cgroups: sandbox.cgroup.as_ref().map(SandboxCgroup::paths).unwrap_or_default(),
+        };
+        match record.write(Path::new(crate::state::STATE_DIR)) {
+            Ok(path) => sandbox.state_path = Some(path),
+            Err(e) => tracing::debug!("cannot write the state record of {}: {e}", sandbox.id),
+        }
+        Ok(sandbox)
+    }
+
+    /// The sandbox's id (also its cgroup's name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Host pid of init (or of the payload when there is no pid namespace).
+    pub fn pid(&self) -> i32 {
+        self.init_pid
+    }
+
+    /// A pidfd of [`pid`](Self::pid); readable once it exited.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The runtime's timestamps for this sandbox.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// Memory, OOM and pids counters of the sandbox's cgroup (None without cgroups).
+    pub fn cgroup(&self) -> Option<CgroupStats> {
+        self.cgroup.as_ref().map(SandboxCgroup::stats)
+    }
+
+    /// Paths of the sandbox's cgroup leaves.
+    pub fn cgroup_paths(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map(SandboxCgroup::paths).unwrap_or_default()
+    }
+
+    /// How to join this sandbox (meant for shells, `process: None`).
+    ///
+    /// ```no_run
+    /// use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
+    /// let sandbox = Sandbox::spawn(&SandboxSpec::default(), SpawnOptions::default())?;
+    /// let join = sandbox.join_plan();
+    /// println!("{}", serde_json::to_string(&join.plan).unwrap());
+    /// # Ok::<(), dsbox_runtime::Error>(())
+    /// ```
+    pub fn join_plan(&self) -> Join<'_> {
+        Join {
+            plan: self.join.clone(),
+            pidfd: self.pidfd.as_fd(),
+            cgroup_procs: self.cgroup_procs.iter().map(AsFd::as_fd).collect(),
+        }
+    }
+
+    fn deadline_ns(&self) -> Option<u64> {
+        self.timeout
+            .map(|t| self.timings.ready_ns + t.as_nanos() as u64)
+    }
+
+    /// Check without blocking; enforces the timeout too (kills when it passed).
+    pub fn try_wait(&mut self) -> Result<Option<ExitReport>> {
+        if let Some(r) = &self.report {
+            return Ok(Some(r.clone()));
+        }
+        if self.poll_exit(0) {
+            return self.reap().map(Some);
+        }
+        if let Some(deadline) = self.deadline_ns()
+            && monotonic_ns() >= deadline
+            && self.killed.is_none()
+        {
+            self.kill_for(KillReason::Timeout {
+                after: self.timeout.unwrap_or_default(),
+            })?;
+        }
+        Ok(None)
+    }
+
+    /// Wait for the end, killing the sandbox when its timeout passes.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
+    /// let spec = SandboxSpec::builder()
+    ///     .with_command(["/bin/sleep", "60"])
+    ///     .with_timeout(Duration::from_secs(1))
+    ///     .build()?;
+    /// let mut sandbox = Sandbox::spawn(&spec, SpawnOptions::default())?;
+    /// let report = sandbox.wait()?;
+    /// assert_eq!(report.code(), 137);
+    /// # Ok::<(), dsbox_runtime::Error>(())
+    /// ```
+    pub fn wait(&mut self) -> Result<ExitReport> {
+        if let Some(r) = &self.report {
+            return Ok(r.clone());
+        }
+        loop {
+            let timeout_ms = match (self.deadline_ns(), self.killed) {
+                (Some(deadline), None) => {
+                    let now = monotonic_ns();
+                    if now >= deadline {
+                        self.kill_for(KillReason::Timeout {
+                            after: self.timeout.unwrap_or_default(),
+                        })?;
+                        continue;
+                    }
+                    (deadline - now).div_ceil(1_000_000).min(i32::MAX as u64) as i32
+                }
+                _ => -1,
+            };
+            if self.poll_exit(timeout_ms) {
+                return self.reap();
+            }
+        }
+    }
+
+    fn poll_exit(&self, timeout_ms: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        n > 0 && pfd.revents != 0
+    }
+
+    fn reap(&mut self) -> Result<ExitReport> {
+        let mut status = 0;
+        let init_status = loop {
+            // SAFETY: status is a valid out-pointer; init_pid is our child.
+            let rc = unsafe { libc::waitpid(self.init_pid, &mut status, libc::__WALL) };
+            if rc == self.init_pid {
+                break Some(status);
+            }
+            if rc < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            break None;
+        };
+        let exited_ns = monotonic_ns();
+        while let Ok(Some(msg)) = self.channel.try_recv() {
+            match msg {
+                Message::PayloadExited { status } => self.payload_status = Some(status),
+                Message::ExecFailed { errno } => self.exec_errno = Some(errno),
+                Message::SetupFailed(e) => tracing::warn!(
+                    "sandbox {}: init failed after start while {}: {}",
+                    self.id,
+                    e.step,
+                    Errno::from_raw(e.errno)
+                ),
+                _ => {}
+            }
+        }
+        let status = match (self.pidns, self.payload_status, init_status) {
+            (true, Some(s), _) => ExitStatus::from_wait(s),
+            (_, _, Some(s)) => ExitStatus::from_wait(s),
+            _ => ExitStatus::Signaled(libc::SIGKILL),
+        };
+        let stats = self.cgroup();
+        let killed = self.killed.or_else(|| {
+            let stats = stats?;
+            let sigkilled = status == ExitStatus::Signaled(libc::SIGKILL);
+            if stats.oom_kills > 0 && sigkilled {
+                Some(KillReason::OutOfMemory {
+                    limit: self.memory_limit,
+                })
+            } else if stats.pids_max_events > 0 && matches!(status, ExitStatus::Signaled(_)) {
+                Some(KillReason::PidsLimit {
+                    limit: self.pids_limit,
+                })
+            } else {
+                None
+            }
+        });
+        self.timings.exited_ns = Some(exited_ns);
+        let report = ExitReport {
+            status,
+            killed,
+            exec_errno: self.exec_errno,
+            cgroup: stats,
+            timings: self.timings.clone(),
+        };
+        self.report = Some(report.clone());
+        Ok(report)
+    }
+
+    fn kill_for(&mut self, reason: KillReason) -> Result<()> {
+        self.killed = Some(reason);
+        self.kill()
+    }
+
+    /// SIGKILL the sandbox: init (whose exit takes the whole pid namespace along), or
+    /// every process of the cgroup when there is no pid namespace.
+    pub fn kill(&mut self) -> Result<()> {
+        if self.report.is_some() {
+            return Ok(());
+        }
+        // SAFETY: pidfd_send_signal on our pidfd with no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        if rc < 0 && Errno::last() != Errno::ESRCH {
+            return Err(Error::Sys {
+                id: self.id.clone(),
+                op: "pidfd_send_signal",
+                errno: Errno::last(),
+            });
+        }
+        if !self.pidns
+            && let Some(cg) = &self.cgroup
+        {
+            cg.kill_all()?;
+        }
+        Ok(())
+    }
+
+    /// Kill, reap, remove the cgroup(s) and the state record.
+    pub fn destroy(mut self) -> Result<()> {
+        self.destroy_inner()
+    }
+
+    fn destroy_inner(&mut self) -> Result<()> {
+        if self.destroyed {
+            return Ok(());
+        }
+        self.destroyed = true;
+        let mut first: Option<Error> = None;
+        if self.report.is_none() {
+            if let Err(e) = self.kill() {
+                first.get_or_insert(e);
+            }
+            while !self.poll_exit(-1) {}
+            if let Err(e) = self.reap() {
+                first.get_or_insert(e);
+            }
+        }
+        self.cgroup_procs.clear();
+        if let Some(cg) = &self.cgroup {
+            if !self.pidns {
+                let _ = cg.kill_all();
+            }
+            if let Err(e) = cg.remove() {
+                first = Some(match first {
+                    Some(f) => Error::WithCleanup {
+                        first: Box::new(f),
+                        cleanup: Box::new(e.into()),
+                    },
+                    None => e.into(),
+                });
+            }
+        }
+        if let Some(path) = self.state_path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Err(e) = self.destroy_inner() {
+            tracing::warn!("destroying sandbox {}: {e}", self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_reasons_read_like_the_docs() {
+        let r = KillReason::OutOfMemory {
+            limit: Some(512 << 20),
+        };
+        assert_eq!(r.to_string(), "killed: out of memory (limit 512 MiB)");
+        let r = KillReason::Timeout {
+            after: Duration::from_secs(2),
+        };
+        assert!(r.to_string().contains("timeout"));
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert_eq!(ExitStatus::Exited(3).code(), 3);
+    }
+
+    #[test]
+    fn commands_without_a_slash_are_looked_up_in_the_sandbox_path() {
+        let p = ProcessSpec::new(["python3", "-c", "1"]);
+        let env = vec![("PATH".to_string(), "/opt/env/bin:/usr/bin/".to_string())];
+        let c = exec_candidates(&p, &env);
+        assert_eq!(c, vec![c"/opt/env/bin/python3".to_owned(), c"/usr/bin/python3".to_owned()]);
+        let p = ProcessSpec::new(["./x"]);
+        assert_eq!(exec_candidates(&p, &env), vec![c"./x".to_owned()]);
+    }
+}
