@@ -843,3 +843,30 @@ mod tests {
         assert_eq!(exec_candidates(&p, &env), vec![c"./x".to_owned()]);
     }
 }
+
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// For a CLI that runs one sandbox in the foreground: SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2
+/// sent to this process go to the sandbox's init (which passes them to the payload), and
+/// SIGINT/SIGQUIT are ignored here because the terminal already delivers them to the
+/// payload (same process group). Without this, a ^C would kill the runtime before it
+/// could clean up. Process-wide: only for single-sandbox programs.
+pub fn forward_signals_to(sandbox: &Sandbox) {
+    FORWARD_TO.store(sandbox.pid(), Ordering::Relaxed);
+    // SAFETY: installing a handler that only calls kill(2), and SIG_IGN for two signals.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+            libc::signal(sig, forward_signal as *const () as libc::sighandler_t);
+        }
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+}

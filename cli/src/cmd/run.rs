@@ -1,10 +1,211 @@
 //! `dsbox run`: run a command in a sandbox.
+//!
+//! Exit codes: the command's own; 128+signal when it was killed (stderr says why: timeout,
+//! out of memory, pids limit); 125 when dsbox itself fails; 126 when the command cannot
+//! be executed; 127 when it is not found inside the sandbox.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {}
+use anyhow::Context;
+use dsbox_runtime::spec::{
+    Mount, Network, ProcessSpec, Protection, Root, SandboxSpec, SeccompPolicy, parse_cpus,
+    parse_duration, parse_env, parse_size,
+};
+use dsbox_runtime::{Sandbox, SpawnOptions};
 
-pub fn run(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`dsbox run` is not built yet")
+/// Default memory limit when neither --mem nor an OCI bundle sets one.
+const DEFAULT_MEM: &str = "1G";
+/// Default task limit.
+const DEFAULT_PIDS: u64 = 512;
+/// Host variables passed through when set: harmless and useful for terminals and locales.
+const PASSTHROUGH_ENV: &[&str] = &["TERM", "TZ", "LANG", "LC_ALL"];
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Root filesystem: a directory, or `host` (read-only binds of the host's /usr, /bin,
+    /// /lib*, /sbin and an /etc subset).
+    #[arg(long, value_name = "DIR|host", default_value = "host")]
+    rootfs: String,
+    /// Memory limit, e.g. 512M or 2G [default: 1G].
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<String>,
+    /// Maximum number of processes and threads [default: 512].
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// CPU quota in cores, e.g. 1.0 or 0.5.
+    #[arg(long, value_name = "CPUS")]
+    cpus: Option<String>,
+    /// Wall-clock timeout, e.g. 10s, 500ms, 2m; the sandbox is killed when it passes.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Network: `none` (own namespace, loopback only) or `host`.
+    #[arg(long, value_name = "none|host", default_value = "none")]
+    net: String,
+    /// Bind a host path read-only (repeatable).
+    #[arg(long, value_name = "SRC:DST")]
+    ro: Vec<String>,
+    /// Bind a host path read-write (repeatable).
+    #[arg(long, value_name = "SRC:DST")]
+    rw: Vec<String>,
+    /// Size limit of each scratch tmpfs (/tmp, /workdir, /submission).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    scratch_size: String,
+    /// Set an environment variable inside (repeatable). Nothing else from the host's
+    /// environment gets in except TERM, TZ, LANG and LC_ALL.
+    #[arg(long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside.
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Use a user namespace (always used when dsbox does not run as root).
+    #[arg(long)]
+    user_namespace: bool,
+    /// Refuse to start unless these protections are available: seccomp, landlock, cgroup,
+    /// userns (comma-separated).
+    #[arg(long, value_name = "LIST")]
+    require: Option<String>,
+    /// Take the spec from an OCI bundle's config.json (CMD, if given, replaces its args).
+    #[arg(long, value_name = "DIR")]
+    oci_bundle: Option<PathBuf>,
+    /// seccomp policy file (seccompiler JSON) instead of the built-in one.
+    #[arg(long, value_name = "FILE")]
+    seccomp: Option<PathBuf>,
+    /// Parent cgroup for the sandbox's cgroup (relative to each hierarchy's root).
+    #[arg(long, value_name = "PATH", env = "DSBOX_CGROUP_PARENT")]
+    cgroup_parent: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Where a `--rootfs` value becomes a root. `host` and directories are handled here; a
+/// bare name will be resolved through the rootfs store by dsbox-rootfs (issue 3) at this
+/// seam.
+fn resolve_rootfs(value: &str) -> anyhow::Result<Root> {
+    if value == "host" {
+        return Ok(Root::Host);
+    }
+    let path = PathBuf::from(value);
+    if value.contains('/') || path.exists() {
+        return Ok(Root::Dir(path));
+    }
+    anyhow::bail!(
+        "rootfs `{value}` is neither `host` nor an existing directory (rootfs names from the store are not supported by `dsbox run` yet): pass a directory or `host`"
+    )
+}
+
+fn build_spec(args: &RunArgs) -> anyhow::Result<SandboxSpec> {
+    let mut spec = match &args.oci_bundle {
+        Some(bundle) => dsbox_runtime::oci::from_bundle(bundle)?,
+        None => SandboxSpec {
+            root: resolve_rootfs(&args.rootfs)?,
+            ..SandboxSpec::default()
+        },
+    };
+    if !args.command.is_empty() || args.oci_bundle.is_none() {
+        let process = spec.process.get_or_insert_with(ProcessSpec::default);
+        process.args = args.command.clone();
+    }
+    if spec.process.as_ref().is_none_or(|p| p.args.is_empty()) {
+        anyhow::bail!("no command given: use `dsbox run [OPTIONS] -- CMD [ARGS...]`");
+    }
+    if let Some(p) = spec.process.as_mut() {
+        for key in PASSTHROUGH_ENV {
+            if let Ok(v) = std::env::var(key) {
+                p.env.push(((*key).to_owned(), v));
+            }
+        }
+        for e in &args.env {
+            p.env.push(parse_env(e)?);
+        }
+        if let Some(cwd) = &args.cwd {
+            p.cwd = cwd.clone();
+        }
+    }
+    match (&args.mem, args.oci_bundle.is_some()) {
+        (Some(m), _) => spec.limits.memory = Some(parse_size(m)?),
+        (None, false) => spec.limits.memory = Some(parse_size(DEFAULT_MEM)?),
+        (None, true) => {}
+    }
+    match (args.pids, args.oci_bundle.is_some()) {
+        (Some(p), _) => spec.limits.pids = Some(p),
+        (None, false) => spec.limits.pids = Some(DEFAULT_PIDS),
+        (None, true) => {}
+    }
+    if let Some(c) = &args.cpus {
+        spec.limits.cpus = Some(parse_cpus(c)?);
+    }
+    if let Some(t) = &args.timeout {
+        spec.limits.timeout = Some(parse_duration(t)?);
+    }
+    spec.network = match args.net.as_str() {
+        "none" => Network::None,
+        "host" => Network::Host,
+        other => anyhow::bail!("invalid --net `{other}`: expected `none` or `host`"),
+    };
+    for v in &args.ro {
+        spec.mounts.push(Mount::parse_bind(v, true)?);
+    }
+    for v in &args.rw {
+        spec.mounts.push(Mount::parse_bind(v, false)?);
+    }
+    spec.scratch.size = parse_size(&args.scratch_size)?;
+    if args.user_namespace {
+        spec.namespaces.user = true;
+    }
+    if let Some(r) = &args.require {
+        spec.require = Protection::parse_list(r)?;
+    }
+    if let Some(f) = &args.seccomp {
+        spec.seccomp = SeccompPolicy::File(f.clone());
+    }
+    if let Some(p) = &args.cgroup_parent {
+        spec.cgroup_parent = Some(p.clone());
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let spec = build_spec(&args)?;
+    let program = spec
+        .process
+        .as_ref()
+        .map(|p| p.args[0].clone())
+        .unwrap_or_default();
+    let mut sandbox = Sandbox::spawn(
+        &spec,
+        SpawnOptions {
+            die_with_runtime: true,
+            ..SpawnOptions::default()
+        },
+    )
+    .context("cannot start the sandbox")?;
+    dsbox_runtime::sandbox::forward_signals_to(&sandbox);
+    let report = sandbox.wait()?;
+    let cleanup = sandbox.destroy();
+    if let Some(errno) = report.exec_errno {
+        let err = std::io::Error::from_raw_os_error(errno);
+        if errno == 2 {
+            eprintln!("dsbox: command not found in the sandbox: {program}");
+        } else {
+            eprintln!("dsbox: cannot execute {program} in the sandbox: {err}");
+        }
+    } else if let Some(reason) = report.killed {
+        eprintln!("dsbox: {reason}");
+    } else if let Some(stats) = report.cgroup
+        && stats.pids_max_events > 0
+    {
+        eprintln!(
+            "dsbox: note: the pids limit ({}) was reached {} times",
+            spec.limits.pids.unwrap_or_default(),
+            stats.pids_max_events
+        );
+    }
+    if let Err(e) = cleanup {
+        eprintln!("dsbox: warning: cleanup failed: {e}");
+    }
+    let code = report.code().clamp(0, 255) as u8;
+    Ok(ExitCode::from(code))
 }

@@ -195,6 +195,15 @@ pub fn middle_main(plan: &ChildPlan, channel: RawFd) -> ! {
     }
     if !plan.pidns {
         // No pid namespace (the zygote role): this process is the sandbox.
+        if plan.die_with_parent {
+            // SAFETY: prctl with integer arguments; getppid has no preconditions.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                if libc::getppid() != plan.runtime_pid {
+                    exit(SETUP_FAILED);
+                }
+            }
+        }
         send_quiet(
             channel,
             &Message::InitStarted {
@@ -269,12 +278,9 @@ fn init_main(plan: &ChildPlan, channel: RawFd, mut steps: Vec<StepTime>) -> ! {
     let sys = LinuxSyscall;
     steps.clear();
     if plan.die_with_parent {
-        // SAFETY: prctl with integer arguments.
+        // SAFETY: prctl with integer arguments. (getppid is 0 in a new pid namespace, so a
+        // runtime that died before this point is noticed when sending `Ready` fails.)
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-        // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } != plan.runtime_pid {
-            exit(SETUP_FAILED);
-        }
     }
     if let Err(e) = setup_environment(&sys, plan, &mut steps) {
         fail(channel, e);
@@ -300,7 +306,12 @@ fn init_main(plan: &ChildPlan, channel: RawFd, mut steps: Vec<StepTime>) -> ! {
         step: Step::ForkPayload,
         at_ns: monotonic_ns(),
     });
-    send_quiet(channel, &Message::Ready { payload_pid, steps });
+    if let Ok(bytes) = serde_json::to_vec(&Message::Ready { payload_pid, steps })
+        && super::channel::send_raw(channel, &bytes).is_err()
+    {
+        // The runtime is gone: nobody will wait for this sandbox.
+        exit(SETUP_FAILED);
+    }
 
     // Init keeps nothing but the channel: no stdio, no fd of the runtime.
     for (first, last) in super::close_ranges(&[channel]) {
