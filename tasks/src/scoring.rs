@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Result, TasksError};
-use crate::leaderboard::Medal;
+use crate::leaderboard::{LeaderboardResult, Medal};
 use crate::metric::{Judge, Metric, MetricError, Score};
 use crate::suite::LoadedSuite;
 use crate::task::Task;
@@ -130,21 +130,34 @@ pub struct TaskScore {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<&'static str>,
+    /// Metric-specific facts (see [`Score::details`]).
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
+    /// DSPredict: the placement on the offline boards.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub details: Option<Score>,
+    pub leaderboard: Option<LeaderboardResult>,
 }
 
 impl TaskScore {
     fn from_result(id: &str, missing: bool, result: std::result::Result<Score, MetricError>) -> Self {
         match result {
-            Ok(s) => TaskScore { id: id.to_owned(), score: Some(s.value), missing, error: None, error_kind: None, details: Some(s) },
+            Ok(s) => TaskScore {
+                id: id.to_owned(),
+                score: Some(s.value),
+                missing,
+                error: None,
+                error_kind: None,
+                details: s.details,
+                leaderboard: s.leaderboard,
+            },
             Err(e) => TaskScore {
                 id: id.to_owned(),
                 score: None,
                 missing,
                 error: Some(e.to_string()),
                 error_kind: Some(e.kind()),
-                details: None,
+                details: Map::new(),
+                leaderboard: None,
             },
         }
     }
@@ -200,7 +213,7 @@ impl Aggregate {
                 Some(s) => scores.push(s),
                 None => *errors.entry(row.error_kind.unwrap_or("error").to_owned()).or_insert(0) += 1,
             }
-            if let Some(p) = row.details.as_ref().and_then(|d| d.leaderboard.as_ref()).and_then(|l| l.primary()) {
+            if let Some(p) = row.leaderboard.as_ref().and_then(|l| l.primary()) {
                 let m = medals.get_or_insert_with(MedalCounts::default);
                 match p.medal {
                     Medal::Gold => m.gold += 1,
@@ -303,7 +316,7 @@ mod tests {
     use super::*;
 
     fn row(score: Option<f64>, kind: Option<&'static str>, missing: bool) -> TaskScore {
-        TaskScore { id: "t".into(), score, missing, error: None, error_kind: kind, details: None }
+        TaskScore { id: "t".into(), score, missing, error: None, error_kind: kind, details: Map::new(), leaderboard: None }
     }
 
     #[test]

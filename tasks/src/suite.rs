@@ -507,12 +507,24 @@ fn load_files(def: SuiteDef, base: &Path) -> Result<LoadedSuite> {
                     }
                     tasks.push(task);
                 }
-                Err(message) => problems.push(Problem {
-                    suite: def.name.clone(),
-                    task_id: rec.place.clone().unwrap_or(fallback_id),
-                    kind: ProblemKind::BadRecord,
-                    message,
-                }),
+                Err(message) => {
+                    // Name the record by its own id when it has one, else by its place.
+                    let own_id = ["id", "task_id", "challenge_name"].iter().find_map(|k| match rec.value.get(*k) {
+                        Some(Value::String(s)) if !s.is_empty() => Some(ctx.id(s)),
+                        Some(Value::Number(n)) => Some(ctx.id(&n.to_string())),
+                        _ => None,
+                    });
+                    let message = match &rec.place {
+                        Some(place) if own_id.is_some() => format!("{message} ({place})"),
+                        _ => message,
+                    };
+                    problems.push(Problem {
+                        suite: def.name.clone(),
+                        task_id: own_id.or_else(|| rec.place.clone()).unwrap_or(fallback_id),
+                        kind: ProblemKind::BadRecord,
+                        message,
+                    });
+                }
             }
         }
     }
@@ -537,6 +549,17 @@ fn req_str<'a>(obj: &'a Map<String, Value>, key: &str) -> std::result::Result<&'
         Some(Value::String(s)) => Ok(s),
         Some(other) => Err(format!("field `{key}` must be a string, found {}", kind_of(other))),
         None => Err(format!("field `{key}` is missing")),
+    }
+}
+
+/// The question text. One DSBio record holds it as a list of strings; its parts are
+/// joined by newlines rather than rejecting the task.
+fn question_of(obj: &Map<String, Value>) -> std::result::Result<String, String> {
+    match obj.get("question") {
+        Some(Value::Array(parts)) if !parts.is_empty() && parts.iter().all(Value::is_string) => {
+            Ok(parts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
+        }
+        _ => req_str(obj, "question").map(str::to_owned),
     }
 }
 
@@ -569,7 +592,7 @@ fn metadata_of(obj: &Map<String, Value>) -> std::result::Result<Map<String, Valu
 
 fn convert_dsgym(ctx: &Ctx<'_>, index: usize, obj: &Map<String, Value>) -> std::result::Result<Task, String> {
     const KNOWN: [&str; 6] = ["context", "question", "answer", "data", "metadata", "answer_guideline"];
-    let question = req_str(obj, "question")?.to_owned();
+    let question = question_of(obj)?;
     let context = opt_str(obj, "context")?.unwrap_or_default();
     let mut metadata = metadata_of(obj)?;
     // Fields outside the common record (DSBio's data_link, ...) are kept as metadata.

@@ -1,10 +1,144 @@
 //! `dsbox score`: score a predictions file against a suite's answers.
+//!
+//! The predictions file is JSONL, one `{"id": "<task id>", "prediction": ...}` per line
+//! (DSPredict: the prediction is the competition score, or `"submission": "path.csv"` to
+//! score a submission locally against `<data root>/answers/<competition>.csv`). Every task
+//! of the suite is scored, a missing prediction scoring 0 (the reference's mean over all
+//! samples); `--only-predicted` scores just the tasks in the file.
 
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct ScoreArgs {}
+use dsbox_tasks::{Predictions, Scope, SuiteScore, TaskScore, score_suite};
 
-pub fn run(_args: ScoreArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`dsbox score` is not built yet")
+use super::tasks::{SuiteSourceArgs, is_broken_pipe};
+
+#[derive(Debug, clap::Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub source: SuiteSourceArgs,
+    /// The suite the predictions are for.
+    #[arg(long, value_name = "SUITE")]
+    pub suite: String,
+    /// JSONL file, one {"id": ..., "prediction": ...} per line.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub predictions: PathBuf,
+    /// Score only the tasks that have a prediction (default: all tasks, missing = 0).
+    #[arg(long)]
+    pub only_predicted: bool,
+}
+
+pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
+    let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
+    match run_with(args, &mut out, &mut err) {
+        Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+pub fn run_with(args: ScoreArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let reg = args.source.registry()?;
+    let suite = reg.load(&args.suite)?;
+    let preds = Predictions::read(&args.predictions)?;
+    let unknown = preds.unknown_ids(&suite);
+    if !unknown.is_empty() {
+        let shown: Vec<&str> = unknown.iter().take(3).copied().collect();
+        anyhow::bail!(
+            "{}: {} prediction id(s) are not tasks of suite `{}` (e.g. {}); ids look like {}",
+            args.predictions.display(),
+            unknown.len(),
+            suite.def.name,
+            shown.join(", "),
+            suite.tasks.first().map_or("<suite>/<id>", |t| t.id.as_str()),
+        );
+    }
+    let scope = if args.only_predicted { Scope::Predicted } else { Scope::AllTasks };
+    let scored = score_suite(&suite, &preds, scope);
+    if args.source.json {
+        serde_json::to_writer_pretty(&mut *out, &scored)?;
+        writeln!(out)?;
+    } else {
+        write_table(&scored, out)?;
+    }
+    if let Some(n) = scored.aggregate.errors.get("needs-judge") {
+        writeln!(
+            err,
+            "dsbox: note: {n} task(s) use an LLM-judge metric and were not scored: no judge is configured \
+             (judge options arrive with `dsbox eval`)"
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn note(row: &TaskScore) -> String {
+    if let Some(e) = &row.error {
+        return format!("{}: {e}", row.error_kind.unwrap_or("error"));
+    }
+    if row.missing {
+        return "missing prediction".to_owned();
+    }
+    if let Some((lb, p)) = row.leaderboard.as_ref().and_then(|l| l.primary().map(|p| (l, p))) {
+        return format!(
+            "score {} ({}) → rank {}/{} on the {} board, medal {}, percentile {:.1}{}",
+            lb.score,
+            lb.source,
+            p.rank,
+            p.total,
+            lb.board,
+            p.medal.as_str(),
+            p.percentile,
+            if p.above_median { ", above median" } else { "" }
+        );
+    }
+    match row.details.get("rule").and_then(|r| r.as_str()) {
+        Some("numeric") => row
+            .details
+            .get("relative_error")
+            .and_then(serde_json::Value::as_f64)
+            .map_or_else(String::new, |e| format!("relative error {e:.4}")),
+        _ => String::new(),
+    }
+}
+
+fn fmt_opt(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
+}
+
+fn write_table(s: &SuiteScore, out: &mut dyn Write) -> io::Result<()> {
+    let width = s.rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
+    writeln!(out, "{:<width$}  {:>6}  note", "id", "score")?;
+    for row in &s.rows {
+        writeln!(out, "{:<width$}  {:>6}  {}", row.id, fmt_opt(row.score), note(row))?;
+    }
+    let a = &s.aggregate;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "suite {}: {} task(s), mean {:.4} (over all tasks; not evaluable and missing count as 0)",
+        s.suite, a.count, a.mean
+    )?;
+    writeln!(
+        out,
+        "  evaluable {} ({:.1}%), mean of evaluable {}, min {}, max {}, solved {}, missing predictions {}",
+        a.evaluable,
+        100.0 * a.success_rate,
+        fmt_opt(a.mean_evaluable),
+        fmt_opt(a.min),
+        fmt_opt(a.max),
+        a.solved,
+        a.missing
+    )?;
+    if !a.errors.is_empty() {
+        let parts: Vec<String> = a.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(out, "  not evaluable: {}", parts.join(", "))?;
+    }
+    if let Some(m) = &a.medals {
+        writeln!(
+            out,
+            "  medals: gold {}, silver {}, bronze {}, none {}; above median {}",
+            m.gold, m.silver, m.bronze, m.none, m.above_median
+        )?;
+    }
+    Ok(())
 }

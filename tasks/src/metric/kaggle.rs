@@ -87,8 +87,8 @@ impl KaggleMetric {
     pub fn infer(evaluation: &str) -> Option<Self> {
         let t = evaluation.to_lowercase().replace(['-', '_'], " ");
         let composite = [
-            "columnwise", "rowwise", "column wise", "row wise", "weighted", "scaled", "log of the mean",
-            "per type", "for each", "averaged across", "mean average precision", "map@", "dice",
+            "columnwise", "rowwise", "column wise", "row wise", "weighted", "scaled error", "log of the mean", "not scored",
+            "mean average precision", "map@", "dice",
             "iou", "percentile", "spearman", "pinball", "brier", "ndcg", "recall@", "global average precision",
             "matthews", "smape", "micro", "samples averaged", "mean f2", "mean r2", "two evaluation metrics",
             "quadratic weighted",
