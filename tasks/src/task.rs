@@ -43,6 +43,7 @@ pub enum DataKind {
 /// One piece of task data: where the sandbox sees it and where it lives on the host.
 /// Always mounted read-only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DataFile {
     /// Absolute path inside the sandbox, under `/data`.
     pub path: String,
@@ -58,6 +59,7 @@ pub struct DataFile {
 /// [`crate::Metric`] when scoring, so a task with an unknown metric still loads (and
 /// `validate` reports it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetricSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -79,7 +81,9 @@ impl MetricSpec {
 ///
 /// `answer` is the ground truth as the task file gives it (string, number or list). It is
 /// used only for scoring: nothing in the record that is mounted (`data`) refers to it.
+/// Unknown fields are rejected, so a typo in a user's task file is reported, not ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Task {
     /// Unique across suites: `<suite>/<local id>` (the task's own id, else its index).
     #[serde(default)]

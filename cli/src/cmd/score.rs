@@ -142,3 +142,85 @@ fn write_table(s: &SuiteScore, out: &mut dyn Write) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Top {
+        Score(ScoreArgs),
+    }
+
+    fn score(tmp: &std::path::Path, args: &[&str]) -> anyhow::Result<(ExitCode, String, String)> {
+        let starter = tmp.join("starter").display().to_string();
+        let mut argv = vec!["dsbox", "score", "--starter-dir", starter.as_str()];
+        argv.extend_from_slice(args);
+        let Top::Score(parsed) = Cli::try_parse_from(argv)?.cmd;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(parsed, &mut out, &mut err)?;
+        Ok((code, String::from_utf8(out)?, String::from_utf8(err)?))
+    }
+
+    #[test]
+    fn table_and_json() {
+        let tmp = tempfile::tempdir().unwrap();
+        let preds = tmp.path().join("p.jsonl");
+        std::fs::write(
+            &preds,
+            "{\"id\": \"starter/top-region\", \"prediction\": \" east \"}\n{\"id\": \"starter/busy-days\", \"prediction\": 1}\n",
+        )
+        .unwrap();
+        let p = preds.display().to_string();
+        let (code, out, _) = score(tmp.path(), &["--suite", "starter", "--predictions", &p]).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert!(out.contains("starter/top-region                1.000"), "{out}");
+        assert!(out.contains("starter/peak-day                  0.000  missing prediction"), "{out}");
+        assert!(out.contains("suite starter: 12 task(s), mean 0.0833"), "{out}");
+        let (_, out, _) = score(tmp.path(), &["--suite", "starter", "--predictions", &p, "--json", "--only-predicted"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["aggregate"]["count"], 2);
+        assert_eq!(v["aggregate"]["mean"], 0.5);
+        assert_eq!(v["rows"][0]["id"], "starter/top-region");
+        assert_eq!(v["rows"][0]["score"], 1.0);
+    }
+
+    #[test]
+    fn bad_predictions_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let preds = tmp.path().join("p.jsonl");
+        std::fs::write(&preds, "{\"id\": \"qrdata/0\", \"prediction\": \"1\"}\n").unwrap();
+        let p = preds.display().to_string();
+        let err = score(tmp.path(), &["--suite", "starter", "--predictions", &p]).err().unwrap().to_string();
+        assert!(err.contains("not tasks of suite `starter` (e.g. qrdata/0)"), "{err}");
+        std::fs::write(&preds, "not json\n").unwrap();
+        let err = score(tmp.path(), &["--suite", "starter", "--predictions", &p]).err().unwrap().to_string();
+        assert!(err.contains("p.jsonl:1:"), "{err}");
+        let err = score(tmp.path(), &["--suite", "nope", "--predictions", &p]).err().unwrap().to_string();
+        assert!(err.contains("unknown suite `nope`"), "{err}");
+    }
+
+    #[test]
+    fn dspredict_and_judge_notes() {
+        let Some(root) = super::super::tasks::tests::shared_data() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let preds = tmp.path().join("p.jsonl");
+        std::fs::write(&preds, "{\"id\": \"dspredict-easy/titanic\", \"prediction\": 0.8}\n").unwrap();
+        let (root, p) = (root.display().to_string(), preds.display().to_string());
+        let (_, out, _) = score(tmp.path(), &["--data-root", &root, "--suite", "dspredict-easy", "--predictions", &p, "--only-predicted"]).unwrap();
+        assert!(out.contains("score 0.8 (given) → rank"), "{out}");
+        assert!(out.contains("medals: gold"), "{out}");
+        std::fs::write(&preds, "{\"id\": \"discoverybench/0\", \"prediction\": \"h\"}\n").unwrap();
+        let (code, out, err) = score(tmp.path(), &["--data-root", &root, "--suite", "discoverybench", "--predictions", &p]).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert!(out.contains("needs-judge: metric `llm_score` needs an LLM judge"), "{out}");
+        assert!(err.contains("1 task(s) use an LLM-judge metric"), "{err}");
+    }
+}

@@ -27,12 +27,19 @@ pub struct SuiteSourceArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Where the starter suite writes its generated data (default: $DSBOX_STARTER_DIR,
+    /// else ~/.cache/dsbox/starter).
+    #[arg(long, value_name = "DIR", global = true, hide = true)]
+    pub starter_dir: Option<PathBuf>,
 }
 
 impl SuiteSourceArgs {
     /// The registry: built-in suites plus the user's entries.
     pub fn registry(&self) -> anyhow::Result<SuiteRegistry> {
         let mut reg = SuiteRegistry::builtin(DataRoot::resolve(self.data_root.as_deref()))?;
+        if let Some(dir) = &self.starter_dir {
+            reg.set_starter_dir(dir);
+        }
         match &self.suites_dir {
             Some(dir) => reg.add_user_dir(dir).with_context(|| format!("loading suite entries from {}", dir.display()))?,
             None => {
@@ -341,4 +348,132 @@ fn suites(reg: &SuiteRegistry, json: bool, out: &mut dyn Write, err: &mut dyn Wr
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Parse a `dsbox tasks ...` command line as the real binary would.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Top {
+        Tasks(TasksArgs),
+    }
+
+    pub(crate) struct Run {
+        pub code: ExitCode,
+        pub out: String,
+        pub err: String,
+    }
+
+    pub(crate) fn shared_data() -> Option<PathBuf> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dsgym");
+        if dir.join("task").is_dir() {
+            Some(dir)
+        } else {
+            eprintln!("skipping: DSGym data not found at {}", dir.display());
+            None
+        }
+    }
+
+    fn tasks(tmp: &std::path::Path, args: &[&str]) -> anyhow::Result<Run> {
+        let starter = tmp.join("starter").display().to_string();
+        let mut argv = vec!["dsbox", "tasks", "--starter-dir", starter.as_str()];
+        argv.extend_from_slice(args);
+        let Top::Tasks(parsed) = Cli::try_parse_from(argv)?.cmd;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(parsed, &mut out, &mut err)?;
+        Ok(Run { code, out: String::from_utf8(out)?, err: String::from_utf8(err)? })
+    }
+
+    #[test]
+    fn list_starter_as_text_and_json() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tasks(tmp.path(), &["list", "--suite", "starter"]).unwrap();
+        assert_eq!(r.code, ExitCode::SUCCESS);
+        assert_eq!(r.out.lines().count(), 12);
+        assert!(r.out.starts_with("starter/total-revenue"));
+        let r = tasks(tmp.path(), &["list", "--suite", "starter", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+        let ids: Vec<&str> = v.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 12);
+        assert_eq!(ids[0], "starter/total-revenue");
+        // --json is accepted before the subcommand too.
+        let r = tasks(tmp.path(), &["--json", "list", "--suite", "starter"]).unwrap();
+        assert!(r.out.trim_start().starts_with('['));
+    }
+
+    #[test]
+    fn an_explicit_missing_data_root_is_an_error_per_dsgym_suite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nowhere").display().to_string();
+        let r = tasks(tmp.path(), &["--data-root", &missing, "list"]).unwrap();
+        assert_eq!(r.code, ExitCode::FAILURE);
+        assert!(r.out.contains("starter/busy-days"), "starter still listed");
+        assert!(r.err.contains(&format!("suite qrdata: data root {missing} does not exist (from --data-root)")), "{}", r.err);
+        let err = tasks(tmp.path(), &["--data-root", &missing, "list", "--suite", "daeval"]).err().unwrap().to_string();
+        assert!(err.contains("does not exist") && err.contains("DSBOX_DATA_ROOT"), "{err}");
+    }
+
+    #[test]
+    fn show_with_prompt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tasks(tmp.path(), &["show", "starter/peak-day", "--prompt"]).unwrap();
+        assert!(r.out.contains("id:        starter/peak-day"));
+        assert!(r.out.contains("--- user prompt ---\nQUESTION:\nOn which date were visits highest?"), "{}", r.out);
+        let r = tasks(tmp.path(), &["show", "starter/peak-day", "--json", "--prompt"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+        assert_eq!(v["id"], "starter/peak-day");
+        assert!(v["prompt"]["system"].as_str().unwrap().contains("<python>"));
+        let err = tasks(tmp.path(), &["show", "starter/none"]).err().unwrap().to_string();
+        assert!(err.contains("unknown task `starter/none`"), "{err}");
+        let missing = tmp.path().join("no-prompts").display().to_string();
+        let err = tasks(tmp.path(), &["show", "starter/peak-day", "--prompt", "--prompts-dir", &missing]).err().unwrap().to_string();
+        assert!(err.contains("--prompts-dir"), "{err}");
+    }
+
+    #[test]
+    fn validate_exit_codes_and_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tasks(tmp.path(), &["validate", "--suite", "starter"]).unwrap();
+        assert_eq!(r.code, ExitCode::SUCCESS, "{}", r.out);
+        assert!(r.out.ends_with("0 problem(s) in 1 suite(s)\n"), "{}", r.out);
+        let suites = tmp.path().join("suites");
+        std::fs::create_dir_all(&suites).unwrap();
+        std::fs::write(suites.join("u.toml"), "name = \"u\"\nformat = \"dsbox\"\nfiles = [\"t.jsonl\"]\n").unwrap();
+        std::fs::write(suites.join("t.jsonl"), "{\"id\": \"a\", \"question\": \"q\", \"data\": [\"/data/x.csv\"], \"answer\": \"1\"}\n").unwrap();
+        let dir = suites.display().to_string();
+        let r = tasks(tmp.path(), &["--suites-dir", &dir, "validate", "--suite", "u"]).unwrap();
+        assert_eq!(r.code, ExitCode::FAILURE);
+        assert!(r.out.starts_with("u/a: missing-data: data file /data/x.csv is missing"), "{}", r.out);
+        assert!(r.out.contains("1 problem(s) in 1 task(s): missing-data 1"), "{}", r.out);
+        let r = tasks(tmp.path(), &["--suites-dir", &dir, "validate", "--suite", "u", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+        assert_eq!(v["total_problems"], 1);
+        assert_eq!(v["suites"][0]["problems"][0]["task_id"], "u/a");
+        assert_eq!(v["suites"][0]["problems"][0]["kind"], "missing-data");
+        let err = tasks(tmp.path(), &["validate", "--suite", "nope"]).err().unwrap().to_string();
+        assert!(err.contains("unknown suite `nope`"), "{err}");
+    }
+
+    #[test]
+    fn validate_the_shared_data() {
+        let Some(root) = shared_data() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let root = root.display().to_string();
+        let r = tasks(tmp.path(), &["--data-root", &root, "validate"]).unwrap();
+        assert_eq!(r.code, ExitCode::FAILURE);
+        assert!(r.out.contains("dabstep-dev/5: missing-data: data file /data/dabstep/payments.csv is missing"), "{}", &r.out[..500]);
+        assert!(r.out.contains("dabstep-dev             10 tasks  10 problem(s) in 10 task(s): missing-data 10"), "{}", r.out);
+        assert!(r.out.contains("qrdata                 200 tasks  ok"));
+        let r = tasks(tmp.path(), &["--data-root", &root, "suites"]).unwrap();
+        assert!(r.out.contains("dspredict-hard          54"), "{}", r.out);
+    }
 }
