@@ -1,0 +1,1382 @@
+"""dsbox kernel: a persistent Python kernel that serves cells over its own socket.
+
+The runtime talks to this program over one socket (its "channel", an inherited fd),
+never over stdin/stdout, so user prints cannot corrupt the protocol. Frames are a u32
+big-endian length followed by a UTF-8 JSON body (at most MAX_FRAME bytes).
+
+Runtime -> kernel:  {"type":"execute","id":N,"code":"..."}  |  {"type":"shutdown"}
+Kernel -> runtime:  {"type":"hello","protocol":1,"pid":P,"python":"3.11.2"} once, then
+                    per cell any number of stream/result/display_data/error items and a
+                    final {"type":"done","id":N,"status":"ok"|"error"|"interrupted",...}.
+
+Two entry points: ``serve(channel_fd)`` (used in a child forked from the zygote, which has
+already imported everything this module needs: see PRELOAD) and ``main()`` for the
+standalone mode ``python dsbox_kernel.py --channel-fd N`` used by tests.
+
+Design notes (why things are the way they are):
+* fds 1 and 2 are pipes drained by one reader thread, plus a synchronous drain before
+  every Python-level write and at cell end, so print(), os.write(1, ...), C extensions
+  and subprocesses keep their order.
+* SIGINT raises KeyboardInterrupt only while user code runs and never inside the
+  kernel's own critical sections (a frame half-sent would corrupt the channel).
+* User code may delete or replace builtins and module functions: the kernel keeps
+  private references to everything it uses (see the copy of __builtins__ below).
+"""
+
+import builtins as _builtins_module
+
+# Functions defined in this module resolve builtins through this private copy, so a
+# cell that does `del builtins.len` or `builtins.print = None` cannot break the kernel.
+__builtins__ = dict(_builtins_module.__dict__)
+
+import ast
+import base64
+import io
+import json
+import linecache
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+PROTOCOL = 1
+# The Rust side rejects frames above its own limit (16 MiB); the kernel stays well below.
+MAX_FRAME = 16 << 20
+# Stream text is coalesced and sent in chunks of at most this many characters.
+STREAM_CHUNK = 256 << 10
+# Pending stream text is flushed at least this often while a cell runs (liveness).
+FLUSH_INTERVAL = 0.05
+# A single MIME value (text/plain, text/html, ...) is cut to this many characters.
+MAX_MIME_CHARS = 1 << 20
+# A figure whose PNG is larger than this is replaced by a note.
+MAX_PNG_BYTES = 8 << 20
+# Output that arrives on fds 1/2 between cells is kept (up to this much) for the next cell.
+MAX_IDLE_HOLD = 64 << 10
+# Tracebacks are cut to this many characters (head and tail kept).
+MAX_TRACEBACK_CHARS = 64 << 10
+# Cells whose source is kept in linecache for tracebacks.
+LINECACHE_CELLS = 500
+# Name of the matplotlib backend module this kernel provides (see _MplFinder).
+MPL_BACKEND_MODULE = "dsbox_kernel_mpl"
+
+# Modules the kernel uses after start; the zygote imports them before forking so that a
+# child's serve() imports nothing on its hot path.
+PRELOAD = (
+    "ast", "base64", "ctypes", "io", "json", "linecache", "os", "pprint", "re", "select",
+    "signal", "socket", "struct", "subprocess", "threading", "time", "traceback",
+    "warnings", "importlib.machinery",
+)
+
+# Private references (user code may monkeypatch the modules).
+_os_read = os.read
+_os_write = os.write
+_os_getpid = os.getpid
+_perf = time.perf_counter
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
+
+
+def _json_default(obj):
+    raise TypeError("not JSON serializable: %s" % type(obj).__name__)
+
+
+# The C encoder and scanner are called directly: json.dumps/json.loads are Python code
+# that looks up builtins (len, isinstance) a cell may have deleted.
+try:
+    from json.encoder import c_make_encoder as _c_make_encoder
+    _c_encoder = _c_make_encoder(None, _json_default, json.encoder.encode_basestring,
+                                 None, ":", ",", False, False, False)
+
+    def _encode_json(obj):
+        return "".join(_c_encoder(obj, 0))
+except (ImportError, TypeError):  # no _json accelerator
+    _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                                    check_circular=False, allow_nan=False).encode
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _loads(body):
+    return _scan_json(body.decode("utf-8"), 0)[0]
+
+_b64encode = base64.b64encode
+_exec = exec
+_eval = eval
+_compile = compile
+_repr = repr
+_KFILE = (lambda: 0).__code__.co_filename
+
+
+class _UsageError(Exception):
+    """A magic was misused or is unknown (reported as an error item named UsageError)."""
+
+
+def _frame(obj):
+    """Encode one message as a length-prefixed frame."""
+    text = _encode_json(obj)
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from user strings
+        body = text.encode("utf-8", "replace")
+    return len(body).to_bytes(4, "big") + body
+
+
+def _cut_text(text, limit):
+    """Keep head and tail of an over-long string with a line saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    tail = limit - head
+    cut = len(text) - head - tail
+    return "%s\n[... %d characters cut by the dsbox kernel ...]\n%s" % (
+        text[:head], cut, text[-tail:])
+
+
+class _Writer(io.TextIOBase):
+    """sys.stdout / sys.stderr: line-oriented text writers into the kernel's channel."""
+
+    def __init__(self, kernel, name, fd):
+        self._k = kernel
+        self._name = name
+        self._fd = fd
+
+    # Attributes that libraries probe on sys.stdout.
+    encoding = "utf-8"
+    errors = "replace"
+    line_buffering = True
+    newlines = None
+
+    @property
+    def name(self):
+        return "<%s>" % self._name
+
+    @property
+    def mode(self):
+        return "w"
+
+    @property
+    def buffer(self):
+        return _BinaryWriter(self)
+
+    @property
+    def closed(self):
+        # Never closed: a cell that closes sys.stdout must not break later cells.
+        return False
+
+    def close(self):
+        self.flush()
+
+    def fileno(self):
+        # The real fd is the pipe the kernel drains, so subprocess(stdout=sys.stdout)
+        # and faulthandler output are captured too.
+        return self._fd
+
+    def isatty(self):
+        return False
+
+    def readable(self):
+        return False
+
+    def seekable(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+        if s:
+            self._k._write(self._name, self._fd, s)
+        return len(s)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        self._k._flush_from_user()
+
+
+class _BinaryWriter:
+    """sys.stdout.buffer: bytes are decoded (UTF-8, replacing errors) and written."""
+
+    def __init__(self, writer):
+        self._w = writer
+
+    def write(self, b):
+        self._w.write(bytes(b).decode("utf-8", "replace"))
+        return len(b)
+
+    def flush(self):
+        self._w.flush()
+
+    def fileno(self):
+        return self._w.fileno()
+
+    def isatty(self):
+        return False
+
+    writable = lambda self: True  # noqa: E731
+
+
+class _NoStdin(io.TextIOBase):
+    """sys.stdin: reading is not supported (the kernel has no terminal)."""
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        raise EOFError("input is not supported in a dsbox kernel: the kernel has no stdin")
+
+    readline = read
+
+    def fileno(self):
+        return 0
+
+
+class _MplFinder:
+    """Import hook providing the matplotlib backend `module://dsbox_kernel_mpl`.
+
+    The backend is Agg, and its show() sends every open figure as image/png. It is an
+    import hook (not a file) because the kernel is a single embedded program.
+    """
+
+    def __init__(self, kernel):
+        self._k = kernel
+
+    def find_spec(self, name, path=None, target=None):
+        if name != MPL_BACKEND_MODULE:
+            return None
+        import importlib.machinery
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        from matplotlib.backend_bases import FigureManagerBase
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        kernel = self._k
+
+        def show(*args, block=None, **kwargs):
+            kernel._flush_figures(render=True)
+
+        def draw_if_interactive(*args, **kwargs):
+            pass
+
+        module.FigureCanvas = FigureCanvasAgg
+        module.FigureManager = FigureManagerBase
+        module.show = show
+        module.draw_if_interactive = draw_if_interactive
+
+
+class Kernel:
+    """One kernel process: the channel, the output capture and the user namespace."""
+
+    def __init__(self, channel_fd):
+        os.set_inheritable(channel_fd, False)  # never leak the channel into subprocesses
+        self.sock = socket.socket(fileno=channel_fd)
+        self.rbuf = bytearray()
+        self.lock = threading.Lock()
+        self.main_ident = _get_ident()
+        self.count = 0
+        # Signal state (main thread only): in_cell = user code may be interrupted;
+        # crit > 0 = inside the kernel's own critical section, interrupt deferred.
+        self.in_cell = False
+        self.crit = 0
+        self.deferred = False
+        # Output state (guarded by self.lock).
+        self.active = False
+        self.cur_id = 0
+        self.pend_name = None
+        self.pend = []
+        self.pend_len = 0
+        self.frames = []
+        self.flush_due = None
+        self.reader_waiting = False
+        self.idle_hold = []
+        self.idle_len = 0
+        self.idle_cut = 0
+        self.forked = False
+        self.cells = []
+        self.ns = None
+        self._fflush = None
+
+    # ----------------------------------------------------------------- setup
+
+    def setup(self):
+        import codecs
+
+        self._stdio_to_devnull()
+        # fds 1 and 2 become pipes that this kernel drains.
+        self.pipes = []
+        decoder = codecs.getincrementaldecoder("utf-8")
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            r, w = os.pipe()  # both ends CLOEXEC
+            os.dup2(w, fd)  # fd 1/2 stay inheritable: subprocesses write into the pipe
+            os.close(w)
+            os.set_blocking(r, False)
+            self.pipes.append((r, name, decoder("replace")))
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            self._fflush = libc.fflush
+            self._fflush.argtypes = [ctypes.c_void_p]
+        except Exception:  # no ctypes/libc: C-level stdio buffers are flushed at exit only
+            self._fflush = None
+
+        self.out_w = _Writer(self, "stdout", 1)
+        self.err_w = _Writer(self, "stderr", 2)
+        sys.stdout = sys.__stdout__ = self.out_w
+        sys.stderr = sys.__stderr__ = self.err_w
+        sys.stdin = sys.__stdin__ = _NoStdin()
+
+        # The user namespace is a real __main__ module so pickling of user classes works.
+        import types
+        main = types.ModuleType("__main__")
+        main.__dict__["__builtins__"] = _builtins_module
+        main.__dict__["display"] = self.display
+        sys.modules["__main__"] = main
+        self.ns = main.__dict__
+
+        os.environ.setdefault("MPLBACKEND", "module://" + MPL_BACKEND_MODULE)
+        sys.meta_path.append(_MplFinder(self))
+        import warnings
+        warnings.filterwarnings(
+            "ignore", message=".*non-interactive, and thus cannot be shown")
+
+        signal.signal(signal.SIGINT, self._on_sigint)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+        old = threading.stack_size(256 << 10)
+        try:
+            t = threading.Thread(target=self._reader, name="dsbox-output", daemon=True)
+            t.start()
+        finally:
+            threading.stack_size(old)
+
+    @staticmethod
+    def _stdio_to_devnull():
+        """fds 0-2 must exist before pipes are created (else os.pipe() would return them)."""
+        for fd in (0, 1, 2):
+            try:
+                os.fstat(fd)
+            except OSError:
+                try:
+                    null = os.open(os.devnull, os.O_RDWR)
+                except OSError:
+                    return
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+        except OSError:
+            pass
+
+    def _after_fork_in_child(self):
+        # A child forked by user code (multiprocessing) shares the channel with us; it
+        # must never write frames. Its prints go to fds 1/2, which we capture.
+        self.forked = True
+        self.lock = threading.Lock()
+        try:
+            self.sock.detach()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------- signals
+
+    def _on_sigint(self, signum, frame):
+        if self.in_cell:
+            if self.crit == 0:
+                raise KeyboardInterrupt
+            self.deferred = True
+        # Idle or inside the kernel's own code: ignored.
+
+    def _enter(self):
+        if _get_ident() == self.main_ident:
+            self.crit += 1
+
+    def _leave(self):
+        if _get_ident() == self.main_ident:
+            self.crit -= 1
+            if self.crit == 0 and self.deferred:
+                self.deferred = False
+                if self.in_cell:
+                    raise KeyboardInterrupt
+
+    # ------------------------------------------------------------- channel
+
+    def recv_frame(self):
+        buf = self.rbuf
+        while True:
+            if len(buf) >= 4:
+                n = int.from_bytes(buf[:4], "big")
+                if n > MAX_FRAME:
+                    raise ValueError("request frame of %d bytes exceeds %d" % (n, MAX_FRAME))
+                if len(buf) >= 4 + n:
+                    body = bytes(buf[4:4 + n])
+                    del buf[:4 + n]
+                    return body
+                want = 4 + n - len(buf)
+            else:
+                want = 4 - len(buf)
+            chunk = self.sock.recv(max(want, 65536))
+            if not chunk:
+                return None
+            buf += chunk
+
+    def _send_locked(self):
+        """Send queued frames in one write (caller holds self.lock)."""
+        frames = self.frames
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        frames.clear()
+        self.flush_due = None
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            # The runtime is gone: nothing left to serve.
+            os._exit(0)
+
+    # -------------------------------------------------------------- output
+
+    def _text_locked(self, name, text):
+        """Append stream text (caller holds self.lock)."""
+        if not self.active:
+            if self.idle_len < MAX_IDLE_HOLD:
+                self.idle_hold.append((name, text))
+                self.idle_len += len(text)
+            else:
+                self.idle_cut += len(text)
+            return
+        if self.pend_name != name:
+            self._flush_text_locked()
+            self.pend_name = name
+        self.pend.append(text)
+        self.pend_len += len(text)
+        if self.pend_len >= STREAM_CHUNK:
+            self._flush_text_locked()
+            self._send_locked()
+        elif self.flush_due is None:
+            self.flush_due = _monotonic() + FLUSH_INTERVAL
+            if self.reader_waiting:
+                self.reader_waiting = False
+                try:
+                    _os_write(self.wake_w, b"\0")
+                except OSError:
+                    pass
+
+    def _flush_text_locked(self):
+        if not self.pend:
+            return
+        text = self.pend[0] if len(self.pend) == 1 else "".join(self.pend)
+        name = self.pend_name
+        cid = self.cur_id
+        self.pend = []
+        self.pend_len = 0
+        frames = self.frames
+        for i in range(0, len(text), STREAM_CHUNK):
+            frames.append(_frame({"type": "stream", "id": cid, "name": name,
+                                  "text": text[i:i + STREAM_CHUNK]}))
+
+    def _drain_locked(self, budget=1 << 20):
+        """Read what is waiting in the fd 1/2 pipes (caller holds self.lock)."""
+        for entry in self.pipes:
+            r, name, dec = entry
+            if r < 0:
+                continue
+            while budget > 0:
+                try:
+                    data = _os_read(r, 65536)
+                except BlockingIOError:
+                    break
+                except InterruptedError:
+                    continue
+                if not data:  # every writer closed fd 1/2: stop watching this pipe
+                    os.close(r)
+                    self.pipes[self.pipes.index(entry)] = (-1, name, dec)
+                    break
+                budget -= len(data)
+                text = dec.decode(data)
+                if text:
+                    self._text_locked(name, text)
+
+    def _write(self, name, fd, text):
+        """A Python-level write to sys.stdout/sys.stderr."""
+        if self.forked:
+            try:
+                _os_write(fd, text.encode("utf-8", "replace"))
+            except OSError:
+                pass
+            return
+        self._enter()
+        try:
+            with self.lock:
+                self._drain_locked()
+                self._text_locked(name, text)
+        finally:
+            self._leave()
+
+    def _flush_from_user(self):
+        if self.forked or not self.active:
+            return
+        self._enter()
+        try:
+            with self.lock:
+                self._drain_locked()
+                self._flush_text_locked()
+                self._send_locked()
+        finally:
+            self._leave()
+
+    def _item(self, obj, send=True):
+        """Queue a rich item (result, display_data, error), keeping order with streams."""
+        self._enter()
+        try:
+            with self.lock:
+                self._drain_locked()
+                self._flush_text_locked()
+                obj["id"] = self.cur_id
+                self.frames.append(_frame(obj))
+                if send:
+                    self._send_locked()
+        finally:
+            self._leave()
+
+    def _reader(self):
+        """Drain fds 1/2 as data arrives and flush pending text at least every 50 ms."""
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        except Exception:
+            pass
+        poller = select.poll()
+        watched = set()
+        while True:
+            with self.lock:
+                for r, _, _ in self.pipes:
+                    if r >= 0 and r not in watched:
+                        poller.register(r, select.POLLIN)
+                        watched.add(r)
+                for r in list(watched):
+                    if all(r != p[0] for p in self.pipes):
+                        poller.unregister(r)
+                        watched.discard(r)
+                if self.wake_r not in watched:
+                    poller.register(self.wake_r, select.POLLIN)
+                    watched.add(self.wake_r)
+                due = self.flush_due
+                self.reader_waiting = due is None
+            timeout = None if due is None else max(0.0, due - _monotonic()) * 1000.0
+            try:
+                poller.poll(timeout)
+            except InterruptedError:
+                continue
+            if self.forked:
+                return
+            with self.lock:
+                try:
+                    while _os_read(self.wake_r, 512):
+                        pass
+                except OSError:
+                    pass
+                self._drain_locked()
+                if self.flush_due is not None and _monotonic() >= self.flush_due:
+                    self._flush_text_locked()
+                    self._send_locked()
+
+    # ---------------------------------------------------------------- cells
+
+    def serve_forever(self):
+        self.frames.append(_frame({"type": "hello", "protocol": PROTOCOL,
+                                   "pid": _os_getpid(), "python": sys.version.split()[0]}))
+        with self.lock:
+            self._send_locked()
+        while True:
+            body = self.recv_frame()
+            if body is None:
+                os._exit(0)
+            try:
+                req = _loads(body)
+                kind = req["type"]
+            except Exception:
+                continue  # the runtime is trusted; a malformed request is dropped
+            if kind == "execute":
+                self.execute(int(req["id"]), str(req["code"]))
+            elif kind == "shutdown":
+                self._c_flush()
+                os._exit(0)
+
+    def _cell_start(self, cid):
+        # A cell that redirected or replaced the streams affects that cell only.
+        if sys.stdout is not self.out_w:
+            sys.stdout = self.out_w
+        if sys.stderr is not self.err_w:
+            sys.stderr = self.err_w
+        self._enter()
+        try:
+            with self.lock:
+                self.cur_id = cid
+                self.active = True
+                if self.idle_hold:
+                    held = self.idle_hold
+                    self.idle_hold = []
+                    self.idle_len = 0
+                    for name, text in held:
+                        self._text_locked(name, text)
+                    if self.idle_cut:
+                        self._text_locked("stderr", "[dsbox: %d characters of output "
+                                          "written between cells were cut]\n" % self.idle_cut)
+                        self.idle_cut = 0
+        finally:
+            self._leave()
+
+    def _c_flush(self):
+        if self._fflush is not None:
+            try:
+                self._fflush(None)  # C stdio buffers (printf in extensions)
+            except Exception:
+                pass
+
+    def _cell_end(self, cid, status, n, t0):
+        self._c_flush()
+        self._enter()
+        try:
+            with self.lock:
+                self._drain_locked()
+                self._flush_text_locked()
+                self.frames.append(_frame({
+                    "type": "done", "id": cid, "status": status, "execution_count": n,
+                    "timing": {"run_us": int((_perf() - t0) * 1e6)}}))
+                self._send_locked()
+                self.active = False
+                self.flush_due = None
+        finally:
+            self._leave()
+
+    def execute(self, cid, code):
+        t0 = _perf()
+        self.count += 1
+        n = self.count
+        self._cell_start(cid)
+        status = "error"
+        try:
+            status = self._run(code, n)
+        except KeyboardInterrupt as e:
+            # An interrupt that landed between user code and the kernel's bookkeeping.
+            self.in_cell = False
+            status = "interrupted"
+            self._emit_exception(e)
+        except BaseException as e:  # a failure of the kernel itself: report, keep serving
+            self.in_cell = False
+            self._emit_exception(e)
+        finally:
+            self.in_cell = False
+            self.deferred = False
+        self._cell_end(cid, status, n, t0)
+
+    def _run(self, code, n):
+        filename = "<cell-%d>" % n
+        api = None
+        try:
+            cell_magic = None
+            if code.startswith("%%") or (code.lstrip().startswith("%%")):
+                cell_magic, code = self._split_cell_magic(code)
+            if cell_magic is not None:
+                return self._run_cell_magic(cell_magic, code, n)
+            if "!" in code or "%" in code:
+                code, api = _transform(code)
+            body, expr, show = self._compile(code, filename)
+        except SyntaxError as e:
+            self._emit_syntax_error(e)
+            return "error"
+        except _UsageError as e:
+            self._item({"type": "error", "name": "UsageError", "value": str(e),
+                        "traceback": ["UsageError: %s" % e]})
+            return "error"
+        ns = self.ns
+        if api is not None:
+            ns["__dsbox__"] = _MagicApi(self)
+        return self._run_compiled(body, expr, show, ns)
+
+    def _run_compiled(self, body, expr, show, ns):
+        status = "ok"
+        error = None
+        self.in_cell = True
+        try:
+            if body is not None:
+                _exec(body, ns)
+            if expr is not None:
+                value = _eval(expr, ns)
+                if show and value is not None:
+                    ns["_"] = value
+                    self._display(value, "result")
+        except KeyboardInterrupt as e:
+            self.in_cell = False
+            status = "interrupted"
+            error = e
+        except BaseException as e:
+            self.in_cell = False
+            status = "error"
+            error = e
+        finally:
+            self.in_cell = False
+        if error is not None:
+            self._emit_exception(error)
+            error = None
+        # Figures are shown after the result or error, as Jupyter's inline backend does;
+        # after an interrupt they are closed without rendering.
+        self.in_cell = True
+        try:
+            self._flush_figures(render=status != "interrupted")
+        except KeyboardInterrupt:
+            self.in_cell = False
+            status = "interrupted"
+        except BaseException as e:
+            self.in_cell = False
+            self._emit_exception(e)
+            if status == "ok":
+                status = "error"
+        finally:
+            self.in_cell = False
+        return status
+
+    def _compile(self, src, filename):
+        """Compile a cell once; the last statement, if an expression, is the result."""
+        if src[:1] in (" ", "\t"):
+            import textwrap
+            src = textwrap.dedent(src)
+        self._remember_source(filename, src)
+        stripped = src.strip()
+        # Fast path: a one-line expression (`1+1`, `df.head()`).
+        if stripped and "\n" not in stripped and not stripped.endswith(";"):
+            try:
+                return None, _compile(stripped, filename, "eval"), True
+            except SyntaxError:
+                pass
+        tree = _compile(src, filename, "exec", ast.PyCF_ONLY_AST)
+        body = tree.body
+        expr = None
+        show = False
+        if body and isinstance(body[-1], ast.Expr):
+            last = body.pop()
+            show = not _suppressed(src, last)
+            expr = _compile(ast.Expression(last.value), filename, "eval")
+        code = _compile(tree, filename, "exec") if body else None
+        return code, expr, show
+
+    def _remember_source(self, filename, src):
+        lines = src.splitlines(True)
+        linecache.cache[filename] = (len(src), None, lines, filename)
+        self.cells.append(filename)
+        if len(self.cells) > LINECACHE_CELLS:
+            linecache.cache.pop(self.cells.pop(0), None)
+
+    # ------------------------------------------------------------- display
+
+    def display(self, *objs, **kwargs):
+        """IPython's display(): show each object as a display_data item."""
+        for obj in objs:
+            self._display(obj, "display_data")
+
+    def _display(self, value, kind):
+        data = _format(value)
+        self._item({"type": kind, "data": data}, send=kind != "result")
+
+    def _flush_figures(self, render=True):
+        helpers = sys.modules.get("matplotlib._pylab_helpers")
+        if helpers is None:
+            return
+        managers = helpers.Gcf.get_all_fig_managers()
+        if not managers:
+            return
+        try:
+            if render:
+                for manager in managers:
+                    self._show_figure(manager.canvas.figure)
+        finally:
+            pyplot = sys.modules.get("matplotlib.pyplot")
+            if pyplot is not None:
+                pyplot.close("all")
+            else:
+                helpers.Gcf.destroy_all()
+
+    def _show_figure(self, fig):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        png = buf.getvalue()
+        text = _repr(fig)
+        if len(png) > MAX_PNG_BYTES:
+            data = {"text/plain": "%s (PNG of %d bytes not shown: over the %d-byte limit)"
+                    % (text, len(png), MAX_PNG_BYTES)}
+        else:
+            data = {"image/png": _b64encode(png).decode("ascii"), "text/plain": text}
+        self._item({"type": "display_data", "data": data})
+
+    # -------------------------------------------------------------- errors
+
+    def _emit_exception(self, e):
+        name = type(e).__name__
+        try:
+            value = str(e)
+        except BaseException:
+            value = "<exception str() failed>"
+        try:
+            lines = _with_builtins(_format_traceback, e)
+        except BaseException:
+            lines = ["%s: %s" % (name, value)]
+        self._item({"type": "error", "name": name, "value": _cut_text(value, MAX_MIME_CHARS),
+                    "traceback": lines})
+
+    def _emit_syntax_error(self, e):
+        try:
+            lines = _with_builtins(traceback.format_exception_only, type(e), e)
+            lines = "".join(lines).splitlines()
+        except BaseException:
+            lines = ["%s: %s" % (type(e).__name__, e)]
+        self._item({"type": "error", "name": type(e).__name__, "value": str(e),
+                    "traceback": lines})
+
+    # -------------------------------------------------------------- magics
+
+    @staticmethod
+    def _split_cell_magic(code):
+        code = code.lstrip("\n")
+        first, _, rest = code.partition("\n")
+        return first.strip()[2:], rest
+
+    def _run_cell_magic(self, line, body, n):
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if name == "time":
+            t0 = _perf()
+            c0 = time.process_time()
+            status = self._run(body, n)
+            self._write("stdout", 1, "CPU times: total: %s\nWall time: %s\n" % (
+                _fmt_time(time.process_time() - c0), _fmt_time(_perf() - t0)))
+            return status
+        if name in ("bash", "sh"):
+            shell = "/bin/bash" if name == "bash" and os.path.exists("/bin/bash") else "/bin/sh"
+            return self._run_magic_call(lambda: _MagicApi(self).run_shell(body, shell=shell))
+        if name == "writefile":
+            return self._run_magic_call(lambda: _writefile(self, arg, body))
+        if name == "capture":
+            return self._run_magic_call(lambda: _MagicApi(self).capture(arg, body, n))
+        if name == "html":
+            return self._run_magic_call(
+                lambda: self._item({"type": "display_data",
+                                    "data": {"text/html": body, "text/plain": "<HTML>"}}))
+        self._item({"type": "error", "name": "UsageError",
+                    "value": "Cell magic `%%%%%s` not found." % name,
+                    "traceback": ["UsageError: Cell magic `%%%%%s` not found." % name]})
+        return "error"
+
+    def _run_magic_call(self, fn):
+        self.in_cell = True
+        try:
+            fn()
+        except KeyboardInterrupt as e:
+            self.in_cell = False
+            self._emit_exception(e)
+            return "interrupted"
+        except _UsageError as e:
+            self.in_cell = False
+            self._item({"type": "error", "name": "UsageError", "value": str(e),
+                        "traceback": ["UsageError: %s" % e]})
+            return "error"
+        except BaseException as e:
+            self.in_cell = False
+            self._emit_exception(e)
+            return "error"
+        finally:
+            self.in_cell = False
+        return "ok"
+
+
+# ------------------------------------------------------------------ formatting
+
+_PRETTY_TYPES = (dict, list, tuple, set, frozenset)
+_MIME_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("text/latex", "_repr_latex_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+)
+
+
+def _pretty(value):
+    """text/plain as IPython shows it: repr, pretty-printed for long builtin containers."""
+    text = _repr(value)
+    if type(value) in _PRETTY_TYPES and 79 < len(text) <= 200000:
+        import pprint
+        try:
+            text = _with_builtins(lambda: pprint.pformat(value, width=79, sort_dicts=False))
+        except Exception:  # a broken __repr__ inside: keep the plain repr
+            pass
+    return text
+
+
+def _with_builtins(fn, *args):
+    """Run stdlib code (traceback, pprint) with builtins a cell deleted put back meanwhile."""
+    real = _builtins_module.__dict__
+    missing = [k for k in __builtins__ if k not in real]
+    for k in missing:
+        real[k] = __builtins__[k]
+    try:
+        return fn(*args)
+    finally:
+        for k in missing:
+            real.pop(k, None)
+
+
+def _format(value):
+    data = {}
+    if not isinstance(value, type):
+        bundle = _safe_call(value, "_repr_mimebundle_")
+        if isinstance(bundle, tuple) and bundle:
+            bundle = bundle[0]
+        if isinstance(bundle, dict):
+            for mime, v in bundle.items():
+                v = _mime_value(mime, v)
+                if isinstance(mime, str) and v is not None:
+                    data[mime] = v
+        for mime, method in _MIME_METHODS:
+            if mime in data:
+                continue
+            v = _mime_value(mime, _safe_call(value, method))
+            if v is not None:
+                data[mime] = v
+    if "text/plain" not in data:
+        data["text/plain"] = _pretty(value)
+    for mime, v in data.items():
+        if len(v) > MAX_MIME_CHARS:
+            data[mime] = (_cut_text(v, MAX_MIME_CHARS) if mime.startswith("text/")
+                          else None)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _mime_value(mime, v):
+    if v is None:
+        return None
+    if isinstance(v, tuple) and v:  # (data, metadata)
+        v = v[0]
+    if isinstance(v, (bytes, bytearray)):
+        if mime.startswith("image/") and mime != "image/svg+xml":
+            return _b64encode(bytes(v)).decode("ascii")
+        return bytes(v).decode("utf-8", "replace")
+    if isinstance(v, str):
+        return v
+    return None
+
+
+def _safe_call(value, name):
+    """Call a `_repr_*_` method if the object really has one; failures are skipped."""
+    try:
+        method = getattr(value, name, None)
+    except Exception:
+        return None
+    if method is None or not callable(method):
+        return None
+    try:
+        return method()
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        return None
+
+
+def _suppressed(src, last):
+    """IPython semantics: a trailing `;` after the last expression hides the result."""
+    lines = src.splitlines()
+    if not lines or last.end_lineno is None or last.end_lineno > len(lines):
+        return False
+    line = lines[last.end_lineno - 1].encode("utf-8")
+    rest = line[last.end_col_offset:].decode("utf-8", "ignore")
+    return rest.lstrip().startswith(";")
+
+
+def _format_traceback(e):
+    """Traceback lines without ANSI codes and without the kernel's own frames."""
+    te = traceback.TracebackException(type(e), e, e.__traceback__)
+    seen = set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        t.stack = traceback.StackSummary.from_list(
+            [f for f in t.stack if f.filename != _KFILE])
+        todo.append(t.__cause__)
+        todo.append(t.__context__)
+        todo.extend(getattr(t, "exceptions", None) or ())
+    text = _cut_text("".join(te.format()), MAX_TRACEBACK_CHARS)
+    return text.splitlines()
+
+
+def _fmt_time(seconds):
+    if seconds >= 1:
+        return "%.2f s" % seconds
+    if seconds >= 1e-3:
+        return "%.2f ms" % (seconds * 1e3)
+    if seconds >= 1e-6:
+        return "%.2f \u00b5s" % (seconds * 1e6)
+    return "%.0f ns" % (seconds * 1e9)
+
+
+# ---------------------------------------------------------------- cell transforms
+
+# Line magics the kernel accepts. No-ops are documented in docs/kernel.md.
+LINE_MAGICS = ("matplotlib", "config", "load_ext", "reload_ext", "autoreload", "cd", "pwd",
+               "env", "pip", "time", "timeit", "reset", "run", "who", "precision")
+CELL_MAGICS = ("time", "bash", "sh", "writefile", "capture", "html")
+
+
+def _logical_starts(lines):
+    """For each line: does it start a new logical line (not inside a string/brackets)?"""
+    out = []
+    depth = 0
+    quote = None
+    cont = False
+    for line in lines:
+        out.append(depth == 0 and quote is None and not cont)
+        cont = False
+        i = 0
+        n = len(line)
+        while i < n:
+            c = line[i]
+            if quote is not None:
+                if c == "\\":
+                    i += 2
+                    continue
+                if line.startswith(quote, i):
+                    i += len(quote)
+                    quote = None
+                    continue
+                i += 1
+                continue
+            if c == "#":
+                break
+            if c == "'" or c == '"':
+                if line.startswith(c * 3, i):
+                    quote = c * 3
+                    i += 3
+                else:
+                    quote = c
+                    i += 1
+                continue
+            if c in "([{":
+                depth += 1
+            elif c in ")]}":
+                depth = max(0, depth - 1)
+            elif c == "\\" and i == n - 1:
+                cont = True
+            i += 1
+        if quote is not None and len(quote) == 1 and not line.endswith("\\"):
+            quote = None
+    return out
+
+
+def _transform(code):
+    """Rewrite `!cmd`, `x = !cmd` and `%magic` lines into calls on __dsbox__."""
+    import re
+
+    lines = code.split("\n")
+    starts = _logical_starts(lines)
+    changed = False
+    assign = re.compile(r"^([ \t]*)([A-Za-z_][\w.]*(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*)"
+                        r"[ \t]*=[ \t]*!(.*)$")
+    for i, line in enumerate(lines):
+        if not starts[i]:
+            continue
+        stripped = line.lstrip()
+        indent = line[:len(line) - len(stripped)]
+        if stripped.startswith("!"):
+            lines[i] = "%s__dsbox__.system(%r)" % (indent, stripped[1:])
+            changed = True
+        elif stripped.startswith("%") and not stripped.startswith("%%"):
+            name, _, arg = stripped[1:].partition(" ")
+            if name not in LINE_MAGICS:
+                raise _UsageError("Line magic function `%%%s` not found." % name)
+            lines[i] = "%s__dsbox__.magic(%r, %r)" % (indent, name, arg.strip())
+            changed = True
+        else:
+            m = assign.match(line)
+            if m:
+                lines[i] = "%s%s = __dsbox__.getoutput(%r)" % (m.group(1), m.group(2), m.group(3))
+                changed = True
+    if not changed:
+        return code, None
+    return "\n".join(lines), True
+
+
+class _MagicApi:
+    """What transformed `!cmd` and `%magic` lines call (bound to the kernel)."""
+
+    def __init__(self, kernel):
+        self._k = kernel
+
+    def _caller_ns(self):
+        frame = sys._getframe(2)
+        ns = dict(frame.f_globals)
+        ns.update(frame.f_locals)
+        return ns
+
+    def system(self, cmd):
+        self.run_shell(_expand(cmd, self._caller_ns()))
+
+    def getoutput(self, cmd):
+        import subprocess
+        cmd = _expand(cmd, self._caller_ns())
+        proc = subprocess.run(cmd, shell=True, executable=_shell(), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE)
+        self._k.ns["_exit_code"] = proc.returncode
+        return proc.stdout.decode("utf-8", "replace").splitlines()
+
+    def run_shell(self, cmd, shell=None):
+        import subprocess
+        proc = subprocess.run(cmd, shell=True, executable=shell or _shell(),
+                              stdin=subprocess.DEVNULL)
+        self._k.ns["_exit_code"] = proc.returncode
+        # Make the command's output land before whatever the cell prints next.
+        self._k._flush_from_user()
+
+    def capture(self, arg, body, n):
+        k = self._k
+        out, err = io.StringIO(), io.StringIO()
+        old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = out, err
+        try:
+            k._run(body, n)
+        finally:
+            sys.stdout, sys.stderr = old
+        if arg:
+            k.ns[arg.split()[0]] = _Captured(out.getvalue(), err.getvalue())
+
+    def magic(self, name, arg):
+        k = self._k
+        if name in ("matplotlib", "config", "load_ext", "reload_ext", "autoreload",
+                    "precision"):
+            return None  # accepted, no effect (figures are always inline PNG)
+        if name == "cd":
+            target = os.path.expanduser(arg.strip("'\"") or "~")
+            os.chdir(target)
+            print(os.getcwd())
+            return None
+        if name == "pwd":
+            return os.getcwd()
+        if name == "env":
+            return _env_magic(arg)
+        if name == "pip":
+            self.run_shell("%s -m pip %s" % (_shquote(sys.executable), arg))
+            print("Note: you may need to restart the kernel to use updated packages.")
+            return None
+        if name == "time":
+            frame = sys._getframe(1)
+            return _time_magic(arg, frame.f_globals, frame.f_locals)
+        if name == "timeit":
+            frame = sys._getframe(1)
+            return _timeit_magic(arg, frame.f_globals, frame.f_locals)
+        if name == "reset":
+            if "-f" not in arg.split():
+                raise _UsageError("%reset needs -f (the kernel cannot ask for confirmation)")
+            keep = {key: v for key, v in k.ns.items() if key.startswith("__")}
+            k.ns.clear()
+            k.ns.update(keep)
+            k.ns["display"] = k.display
+            return None
+        if name == "run":
+            import runpy
+            import shlex
+            argv = shlex.split(arg)
+            if not argv:
+                raise _UsageError("%run needs a file name")
+            old_argv = sys.argv
+            sys.argv = argv
+            try:
+                result = runpy.run_path(argv[0], run_name="__main__")
+            finally:
+                sys.argv = old_argv
+            k.ns.update({key: v for key, v in result.items() if not key.startswith("__")})
+            return None
+        if name == "who":
+            names = sorted(key for key in k.ns if not key.startswith("_")
+                           and key not in ("display", "In", "Out"))
+            print("\t".join(names) if names else "Interactive namespace is empty.")
+            return None
+        raise _UsageError("Line magic function `%%%s` not found." % name)
+
+
+class _Captured:
+    def __init__(self, stdout, stderr):
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def show(self):
+        sys.stdout.write(self.stdout)
+        sys.stderr.write(self.stderr)
+
+    def __repr__(self):
+        return "<captured output: %d chars stdout, %d chars stderr>" % (
+            len(self.stdout), len(self.stderr))
+
+
+def _shell():
+    return "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+
+
+def _shquote(s):
+    import shlex
+    return shlex.quote(s)
+
+
+def _expand(cmd, ns):
+    """IPython's expansion in shell commands: {expr} and $name from the user's namespace."""
+    import re
+
+    def expr(m):
+        try:
+            return str(_eval(m.group(1), ns))
+        except Exception:
+            return m.group(0)
+
+    def name(m):
+        if m.group(1) in ns:
+            return str(ns[m.group(1)])
+        return m.group(0)
+
+    if "{" in cmd:
+        cmd = re.sub(r"\{([^{}]+)\}", expr, cmd)
+    if "$" in cmd:
+        cmd = re.sub(r"(?<!\$)\$([A-Za-z_]\w*)", name, cmd)
+        cmd = cmd.replace("$$", "$")
+    return cmd
+
+
+def _env_magic(arg):
+    arg = arg.strip()
+    if not arg:
+        return dict(os.environ)
+    if "=" in arg:
+        key, _, value = arg.partition("=")
+    elif " " in arg:
+        key, _, value = arg.partition(" ")
+    else:
+        if arg not in os.environ:
+            raise _UsageError("Environment does not have key: %s" % arg)
+        return os.environ[arg]
+    os.environ[key.strip()] = value.strip()
+    print("env: %s=%s" % (key.strip(), value.strip()))
+    return None
+
+
+def _time_magic(stmt, globs, locs):
+    c0 = time.process_time()
+    t0 = _perf()
+    try:
+        code = _compile(stmt, "<timed>", "eval")
+        is_expr = True
+    except SyntaxError:
+        code = _compile(stmt, "<timed exec>", "exec")
+        is_expr = False
+    result = _eval(code, globs, locs) if is_expr else _exec(code, globs, locs)
+    print("CPU times: total: %s\nWall time: %s" % (
+        _fmt_time(time.process_time() - c0), _fmt_time(_perf() - t0)))
+    return result if is_expr else None
+
+
+def _timeit_magic(arg, globs, locs):
+    import timeit
+    parts = arg.split()
+    number = repeat = None
+    while parts and parts[0] in ("-n", "-r"):
+        flag = parts.pop(0)
+        if not parts:
+            raise _UsageError("%%timeit %s needs a number" % flag)
+        value = int(parts.pop(0))
+        if flag == "-n":
+            number = value
+        else:
+            repeat = value
+    stmt = " ".join(parts)
+    if not stmt:
+        raise _UsageError("%timeit needs a statement")
+    ns = dict(globs)
+    ns.update(locs)
+    timer = timeit.Timer(stmt, globals=ns)
+    if number is None:
+        number, _ = timer.autorange()
+    runs = [t / number for t in timer.repeat(repeat=repeat or 7, number=number)]
+    mean = sum(runs) / len(runs)
+    std = (sum((r - mean) ** 2 for r in runs) / len(runs)) ** 0.5
+    print("%s \u00b1 %s per loop (mean \u00b1 std. dev. of %d runs, %d loops each)" % (
+        _fmt_time(mean), _fmt_time(std), len(runs), number))
+    return None
+
+
+def _writefile(kernel, arg, body):
+    import shlex
+    argv = shlex.split(arg)
+    append = False
+    if argv and argv[0] in ("-a", "--append"):
+        append = True
+        argv = argv[1:]
+    if len(argv) != 1:
+        raise _UsageError("%%writefile needs one file name (and optionally -a)")
+    path = os.path.expanduser(argv[0])
+    exists = os.path.exists(path)
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        f.write(body if body.endswith("\n") or not body else body + "\n")
+    verb = "Appending to" if append else ("Overwriting" if exists else "Writing")
+    print("%s %s" % (verb, argv[0]))
+
+
+# -------------------------------------------------------------------- entry points
+
+def serve(channel_fd):
+    """Serve cells on `channel_fd` until the runtime closes the channel. Never returns."""
+    kernel = Kernel(channel_fd)
+    kernel.setup()
+    try:
+        kernel.serve_forever()
+    finally:
+        os._exit(0)
+
+
+def main(argv=None):
+    """Standalone mode: `python dsbox_kernel.py --channel-fd N`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "--channel-fd" or not argv[1].isdigit():
+        sys.stderr.write("usage: dsbox_kernel.py --channel-fd N\n")
+        return 2
+    fd = int(argv[1])
+    try:
+        os.fstat(fd)
+    except OSError as e:
+        sys.stderr.write("dsbox_kernel: channel fd %d is not open (%s): pass the fd of "
+                         "a connected unix socket\n" % (fd, e.strerror))
+        return 2
+    for name in PRELOAD:
+        __import__(name)
+    serve(fd)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as a script: make the module importable under its own name (the matplotlib
+    # backend and the zygote refer to it), then serve.
+    sys.modules.setdefault("dsbox_kernel", sys.modules["__main__"])
+    sys.exit(main())
