@@ -452,10 +452,10 @@ fn find_python(root: &Path, path_dirs: &[String]) -> Result<String> {
     for dir in dirs {
         let inside = format!("{}/python3", dir.trim_end_matches('/'));
         looked.push(inside.clone());
-        if let Ok(host) = crate::oci::resolve_in_root(root, Path::new(&inside)) {
-            if host.is_file() {
-                return Ok(inside);
-            }
+        if let Ok(host) = crate::oci::resolve_in_root(root, Path::new(&inside))
+            && host.is_file()
+        {
+            return Ok(inside);
         }
     }
     Err(RootfsError::NoPythonInImage {

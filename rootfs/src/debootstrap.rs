@@ -125,10 +125,9 @@ fn host_mirror(suite: &str) -> Option<String> {
             if path
                 .extension()
                 .is_some_and(|e| e == "sources" || e == "list")
+                && let Ok(text) = std::fs::read_to_string(&path)
             {
-                if let Ok(text) = std::fs::read_to_string(&path) {
-                    texts.push((path.extension().is_some_and(|e| e == "sources"), text));
-                }
+                texts.push((path.extension().is_some_and(|e| e == "sources"), text));
             }
         }
     }

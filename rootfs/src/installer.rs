@@ -56,13 +56,13 @@ impl Installer {
         if choice != InstallerChoice::Pip {
             if let Some(bin) = process::which("uv") {
                 // A pyenv shim named `uv` exists even where uv is not installed: ask it.
-                if let Ok(ran) = process::run(process::command(&bin).arg("--version"), "uv") {
-                    if ran.ok {
-                        return Ok(Installer::Uv {
-                            bin,
-                            version: ran.stdout.trim().to_string(),
-                        });
-                    }
+                if let Ok(ran) = process::run(process::command(&bin).arg("--version"), "uv")
+                    && ran.ok
+                {
+                    return Ok(Installer::Uv {
+                        bin,
+                        version: ran.stdout.trim().to_string(),
+                    });
                 }
             }
             if choice == InstallerChoice::Uv {
@@ -301,25 +301,27 @@ fn pip_target_args(cmd: &mut Command, target: &Target, install: bool) {
 fn uv_env_from_pip() -> Vec<(OsString, OsString)> {
     let get = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     let mut out = Vec::new();
-    if get("UV_INDEX_URL").is_none() && get("UV_DEFAULT_INDEX").is_none() {
-        if let Some(v) = get("PIP_INDEX_URL") {
-            out.push(("UV_DEFAULT_INDEX".into(), v));
-        }
+    if get("UV_INDEX_URL").is_none()
+        && get("UV_DEFAULT_INDEX").is_none()
+        && let Some(v) = get("PIP_INDEX_URL")
+    {
+        out.push(("UV_DEFAULT_INDEX".into(), v));
     }
-    if get("UV_EXTRA_INDEX_URL").is_none() && get("UV_INDEX").is_none() {
-        if let Some(v) = get("PIP_EXTRA_INDEX_URL") {
-            out.push(("UV_EXTRA_INDEX_URL".into(), v));
-        }
+    if get("UV_EXTRA_INDEX_URL").is_none()
+        && get("UV_INDEX").is_none()
+        && let Some(v) = get("PIP_EXTRA_INDEX_URL")
+    {
+        out.push(("UV_EXTRA_INDEX_URL".into(), v));
     }
-    if get("UV_INSECURE_HOST").is_none() {
-        if let Some(v) = get("PIP_TRUSTED_HOST") {
-            out.push(("UV_INSECURE_HOST".into(), v));
-        }
+    if get("UV_INSECURE_HOST").is_none()
+        && let Some(v) = get("PIP_TRUSTED_HOST")
+    {
+        out.push(("UV_INSECURE_HOST".into(), v));
     }
-    if get("SSL_CERT_FILE").is_none() {
-        if let Some(v) = get("PIP_CERT") {
-            out.push(("SSL_CERT_FILE".into(), v));
-        }
+    if get("SSL_CERT_FILE").is_none()
+        && let Some(v) = get("PIP_CERT")
+    {
+        out.push(("SSL_CERT_FILE".into(), v));
     }
     out
 }
@@ -513,7 +515,7 @@ fn lock_from_pip_report(report: &Path) -> Result<String> {
             message: e.to_string(),
         })?;
     let mut items = report_data.install;
-    items.sort_by(|a, b| normalize_name(&a.metadata.name).cmp(&normalize_name(&b.metadata.name)));
+    items.sort_by_key(|a| normalize_name(&a.metadata.name));
     let mut out =
         String::from("# Resolved by pip (dsbox rootfs build); install with --require-hashes.\n");
     for item in items {

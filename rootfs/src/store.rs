@@ -248,10 +248,10 @@ impl Store {
         };
         for entry in entries {
             let entry = entry.at(&dir)?;
-            if let Ok(target) = std::fs::read_link(entry.path()) {
-                if let Some(hex) = target.file_name() {
-                    out.push(hex.to_string_lossy().into_owned());
-                }
+            if let Ok(target) = std::fs::read_link(entry.path())
+                && let Some(hex) = target.file_name()
+            {
+                out.push(hex.to_string_lossy().into_owned());
             }
         }
         Ok(out)
@@ -326,13 +326,13 @@ impl TempBuild {
 
 impl Drop for TempBuild {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Err(err) = remove_tree(&self.dir) {
-                tracing::warn!(
-                    "could not remove the unfinished build {}: {err}",
-                    self.dir.display()
-                );
-            }
+        if !self.committed
+            && let Err(err) = remove_tree(&self.dir)
+        {
+            tracing::warn!(
+                "could not remove the unfinished build {}: {err}",
+                self.dir.display()
+            );
         }
     }
 }

@@ -30,8 +30,9 @@ pub struct RootfsArgs {
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<PathBuf>,
 
+    // Boxed: the build options are large and `Command` holds every command's args inline.
     #[command(subcommand)]
-    command: RootfsCommand,
+    command: Box<RootfsCommand>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -119,7 +120,7 @@ fn parse_base(s: &str) -> Result<Base, String> {
 
 pub fn run(args: RootfsArgs) -> anyhow::Result<ExitCode> {
     let store = Store::locate(args.store.as_deref());
-    match args.command {
+    match *args.command {
         RootfsCommand::Build(b) => build(&store, b),
         RootfsCommand::List(l) => list(&store, l.json),
         RootfsCommand::Show(s) => show(&store, &s.name, s.json),
