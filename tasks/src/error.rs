@@ -17,19 +17,38 @@ pub enum TasksError {
     #[error("unknown task `{id}`; task ids look like <suite>/<id>, see `dsbox tasks list`")]
     UnknownTask { id: String },
     #[error("{}:{line}:{column}: malformed JSON: {message}", path.display())]
-    MalformedJson { path: PathBuf, line: usize, column: usize, message: String },
+    MalformedJson {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: invalid suite entry: {message}", path.display())]
     SuiteEntry { path: PathBuf, message: String },
     #[error("suite `{name}` is defined twice: {} and {}", first.display(), second.display())]
-    DuplicateSuite { name: String, first: PathBuf, second: PathBuf },
+    DuplicateSuite {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     #[error("{}:{line}: {message}", path.display())]
-    Predictions { path: PathBuf, line: usize, message: String },
+    Predictions {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("prompt template `{name}`: {message}")]
     Template { name: String, message: String },
     #[error("cannot write the starter data to {}: {source}; set DSBOX_STARTER_DIR to a writable directory", path.display())]
-    StarterData { path: PathBuf, source: std::io::Error },
+    StarterData {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The crate's result type.
@@ -45,6 +64,11 @@ impl TasksError {
             Some(i) => message[..i].to_owned(),
             None => message,
         };
-        TasksError::MalformedJson { path: path.to_owned(), line: err.line(), column: err.column(), message }
+        TasksError::MalformedJson {
+            path: path.to_owned(),
+            line: err.line(),
+            column: err.column(),
+            message,
+        }
     }
 }

@@ -40,11 +40,16 @@ pub struct Leaderboards {
 impl Leaderboards {
     /// Read a leaderboard stats file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| TasksError::Io { path: path.to_owned(), source })?;
-        let boards: BTreeMap<String, BoardStats> = serde_json::from_str(&text)
-            .map_err(|e| TasksError::malformed_json(path, &e))?;
-        Ok(Leaderboards { path: path.to_owned(), boards })
+        let text = std::fs::read_to_string(path).map_err(|source| TasksError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let boards: BTreeMap<String, BoardStats> =
+            serde_json::from_str(&text).map_err(|e| TasksError::malformed_json(path, &e))?;
+        Ok(Leaderboards {
+            path: path.to_owned(),
+            boards,
+        })
     }
 
     /// Like [`Leaderboards::load`], but each file is read once per process: scoring a suite
@@ -56,7 +61,10 @@ impl Leaderboards {
             return Ok(hit.clone());
         }
         let loaded = Arc::new(Self::load(path)?);
-        cache.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_owned(), loaded.clone());
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_owned(), loaded.clone());
         Ok(loaded)
     }
 
@@ -67,9 +75,9 @@ impl Leaderboards {
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(&prefix) && n.ends_with(".json")
-                })
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".json"))
             })
             .collect();
         found.sort();
@@ -126,15 +134,27 @@ fn ceil_frac(num: usize, den: usize, t: usize) -> usize {
 /// Each cut-off is capped at T, as the reference does.
 pub fn medal_cutoffs(total: usize) -> MedalCutoffs {
     let (gold, silver, bronze) = if total < 100 {
-        (ceil_frac(1, 10, total), ceil_frac(1, 5, total), ceil_frac(2, 5, total))
+        (
+            ceil_frac(1, 10, total),
+            ceil_frac(1, 5, total),
+            ceil_frac(2, 5, total),
+        )
     } else if total < 250 {
         (10, ceil_frac(1, 5, total), ceil_frac(2, 5, total))
     } else if total < 1000 {
         (10 + ceil_frac(1, 500, total), 50, 100)
     } else {
-        (10 + ceil_frac(1, 500, total), ceil_frac(1, 20, total), ceil_frac(1, 10, total))
+        (
+            10 + ceil_frac(1, 500, total),
+            ceil_frac(1, 20, total),
+            ceil_frac(1, 10, total),
+        )
     };
-    MedalCutoffs { gold: gold.min(total), silver: silver.min(total), bronze: bronze.min(total) }
+    MedalCutoffs {
+        gold: gold.min(total),
+        silver: silver.min(total),
+        bronze: bronze.min(total),
+    }
 }
 
 /// Where a score lands on one board.
@@ -198,7 +218,14 @@ pub fn place(board: &[f64], score: f64) -> Placement {
     };
     let percentile = 100.0 * (worse as f64 + 0.5 * equal as f64) / board.len() as f64;
     let above_median = better(score, median(board));
-    Placement { rank, total, medal, percentile, above_median, higher_is_better }
+    Placement {
+        rank,
+        total,
+        medal,
+        percentile,
+        above_median,
+        higher_is_better,
+    }
 }
 
 /// A competition score placed on the offline boards.
@@ -221,7 +248,8 @@ pub struct LeaderboardResult {
 impl LeaderboardResult {
     /// Place `score` on every non-empty board of `stats`. `None` when both are empty.
     pub fn new(competition: &str, score: f64, source: &str, stats: &BoardStats) -> Option<Self> {
-        let private = (!stats.private_scores.is_empty()).then(|| place(&stats.private_scores, score));
+        let private =
+            (!stats.private_scores.is_empty()).then(|| place(&stats.private_scores, score));
         let public = (!stats.public_scores.is_empty()).then(|| place(&stats.public_scores, score));
         let board = if private.is_some() {
             "private"
@@ -254,15 +282,32 @@ mod tests {
     #[test]
     fn exact_ceiling_where_floats_would_round_up() {
         // 0.1 * 30 = 3.0000000000000004 in floating point; the table means 3.
-        assert_eq!(medal_cutoffs(30), MedalCutoffs { gold: 3, silver: 6, bronze: 12 });
+        assert_eq!(
+            medal_cutoffs(30),
+            MedalCutoffs {
+                gold: 3,
+                silver: 6,
+                bronze: 12
+            }
+        );
     }
 
     #[test]
     fn cutoffs_never_exceed_the_board() {
-        assert_eq!(medal_cutoffs(1), MedalCutoffs { gold: 1, silver: 1, bronze: 1 });
+        assert_eq!(
+            medal_cutoffs(1),
+            MedalCutoffs {
+                gold: 1,
+                silver: 1,
+                bronze: 1
+            }
+        );
         for t in 1..3000 {
             let c = medal_cutoffs(t);
-            assert!(c.gold <= c.silver && c.silver <= c.bronze && c.bronze <= t, "T={t}: {c:?}");
+            assert!(
+                c.gold <= c.silver && c.silver <= c.bronze && c.bronze <= t,
+                "T={t}: {c:?}"
+            );
         }
     }
 

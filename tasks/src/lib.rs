@@ -41,6 +41,11 @@ pub use leaderboard::{LeaderboardResult, Medal, Placement};
 pub use metric::{Judge, JudgeError, JudgeRequest, KaggleMetric, Metric, MetricError, Score};
 pub use paths::DataRoot;
 pub use prompt::{Prompts, RenderedPrompt};
-pub use scoring::{Aggregate, PredictionRecord, Predictions, Scope, SuiteScore, TaskScore, score_suite, score_suite_with_judge};
-pub use suite::{LoadedSuite, Problem, ProblemKind, PromptSpec, SuiteDef, SuiteFormat, SuiteRegistry};
+pub use scoring::{
+    Aggregate, PredictionRecord, Predictions, Scope, SuiteScore, TaskScore, score_suite,
+    score_suite_with_judge,
+};
+pub use suite::{
+    LoadedSuite, Problem, ProblemKind, PromptSpec, SuiteDef, SuiteFormat, SuiteRegistry,
+};
 pub use task::{DataFile, DataKind, MetricSpec, Task, Track};

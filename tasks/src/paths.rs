@@ -53,17 +53,29 @@ impl DataRoot {
     /// only when a suite needs it.
     pub fn resolve(flag: Option<&Path>) -> DataRoot {
         if let Some(p) = flag {
-            return DataRoot { path: p.to_owned(), origin: Origin::Flag };
+            return DataRoot {
+                path: p.to_owned(),
+                origin: Origin::Flag,
+            };
         }
         if let Some(p) = env("DSBOX_DATA_ROOT") {
-            return DataRoot { path: PathBuf::from(p), origin: Origin::Env("DSBOX_DATA_ROOT") };
+            return DataRoot {
+                path: PathBuf::from(p),
+                origin: Origin::Env("DSBOX_DATA_ROOT"),
+            };
         }
-        DataRoot { path: xdg_dir("XDG_DATA_HOME", ".local/share", "dsgym"), origin: Origin::Default }
+        DataRoot {
+            path: xdg_dir("XDG_DATA_HOME", ".local/share", "dsgym"),
+            origin: Origin::Default,
+        }
     }
 
     /// A fixed directory (tests, embedding).
     pub fn at(path: impl Into<PathBuf>) -> DataRoot {
-        DataRoot { path: path.into(), origin: Origin::Flag }
+        DataRoot {
+            path: path.into(),
+            origin: Origin::Flag,
+        }
     }
 
     /// The directory, or the one-line error naming it and how to set it.
@@ -71,7 +83,10 @@ impl DataRoot {
         if self.path.is_dir() {
             Ok(&self.path)
         } else {
-            Err(TasksError::DataRootMissing { path: self.path.clone(), origin: self.origin.to_string() })
+            Err(TasksError::DataRootMissing {
+                path: self.path.clone(),
+                origin: self.origin.to_string(),
+            })
         }
     }
 }
@@ -79,16 +94,25 @@ impl DataRoot {
 /// User suite entries: `DSBOX_SUITES_DIR`, else `$XDG_CONFIG_HOME/dsbox/suites`
 /// (default `~/.config/dsbox/suites`).
 pub fn default_suites_dir() -> PathBuf {
-    env("DSBOX_SUITES_DIR").map_or_else(|| xdg_dir("XDG_CONFIG_HOME", ".config", "suites"), PathBuf::from)
+    env("DSBOX_SUITES_DIR").map_or_else(
+        || xdg_dir("XDG_CONFIG_HOME", ".config", "suites"),
+        PathBuf::from,
+    )
 }
 
 /// User prompt templates: `DSBOX_PROMPTS_DIR`, else `$XDG_CONFIG_HOME/dsbox/prompts`.
 pub fn default_prompts_dir() -> PathBuf {
-    env("DSBOX_PROMPTS_DIR").map_or_else(|| xdg_dir("XDG_CONFIG_HOME", ".config", "prompts"), PathBuf::from)
+    env("DSBOX_PROMPTS_DIR").map_or_else(
+        || xdg_dir("XDG_CONFIG_HOME", ".config", "prompts"),
+        PathBuf::from,
+    )
 }
 
 /// The starter suite's generated data: `DSBOX_STARTER_DIR`, else
 /// `$XDG_CACHE_HOME/dsbox/starter` (default `~/.cache/dsbox/starter`).
 pub fn default_starter_dir() -> PathBuf {
-    env("DSBOX_STARTER_DIR").map_or_else(|| xdg_dir("XDG_CACHE_HOME", ".cache", "starter"), PathBuf::from)
+    env("DSBOX_STARTER_DIR").map_or_else(
+        || xdg_dir("XDG_CACHE_HOME", ".cache", "starter"),
+        PathBuf::from,
+    )
 }

@@ -21,12 +21,30 @@ use crate::task::{DataKind, Task};
 const BUILTIN: [(&str, &str); 8] = [
     ("system.j2", include_str!("../prompts/system.j2")),
     ("user.j2", include_str!("../prompts/user.j2")),
-    ("instructions/analysis.j2", include_str!("../prompts/instructions/analysis.j2")),
-    ("instructions/daeval.j2", include_str!("../prompts/instructions/daeval.j2")),
-    ("instructions/dabstep.j2", include_str!("../prompts/instructions/dabstep.j2")),
-    ("instructions/discovery.j2", include_str!("../prompts/instructions/discovery.j2")),
-    ("instructions/dspredict.j2", include_str!("../prompts/instructions/dspredict.j2")),
-    ("instructions/science.j2", include_str!("../prompts/instructions/science.j2")),
+    (
+        "instructions/analysis.j2",
+        include_str!("../prompts/instructions/analysis.j2"),
+    ),
+    (
+        "instructions/daeval.j2",
+        include_str!("../prompts/instructions/daeval.j2"),
+    ),
+    (
+        "instructions/dabstep.j2",
+        include_str!("../prompts/instructions/dabstep.j2"),
+    ),
+    (
+        "instructions/discovery.j2",
+        include_str!("../prompts/instructions/discovery.j2"),
+    ),
+    (
+        "instructions/dspredict.j2",
+        include_str!("../prompts/instructions/dspredict.j2"),
+    ),
+    (
+        "instructions/science.j2",
+        include_str!("../prompts/instructions/science.j2"),
+    ),
 ];
 
 /// Names of the built-in templates (what a user directory can override).
@@ -58,7 +76,9 @@ impl std::fmt::Debug for Prompts {
 /// A template name safe to look up under a user directory (no absolute paths, no `..`).
 fn safe_relative(name: &str) -> Option<&Path> {
     let p = Path::new(name);
-    p.components().all(|c| matches!(c, Component::Normal(_))).then_some(p)
+    p.components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then_some(p)
 }
 
 impl Prompts {
@@ -85,7 +105,10 @@ impl Prompts {
                     return read_template(&candidate);
                 }
             }
-            Ok(BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| (*t).to_owned()))
+            Ok(BUILTIN
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| (*t).to_owned()))
         });
         Prompts { env }
     }
@@ -121,7 +144,10 @@ impl Prompts {
                 message.push_str(&format!(": {s}"));
                 source = s.source();
             }
-            TasksError::Template { name: name.to_owned(), message }
+            TasksError::Template {
+                name: name.to_owned(),
+                message,
+            }
         };
         let template = self.env.get_template(name).map_err(err)?;
         let text = template.render(ctx).map_err(err)?;
@@ -131,7 +157,10 @@ impl Prompts {
 
 fn read_template(path: &Path) -> std::result::Result<Option<String>, minijinja::Error> {
     std::fs::read_to_string(path).map(Some).map_err(|e| {
-        minijinja::Error::new(minijinja::ErrorKind::TemplateNotFound, format!("cannot read {}: {e}", path.display()))
+        minijinja::Error::new(
+            minijinja::ErrorKind::TemplateNotFound,
+            format!("cannot read {}: {e}", path.display()),
+        )
     })
 }
 
@@ -140,7 +169,13 @@ fn context(task: &Task, spec: &PromptSpec) -> Value {
     let data_paths: Vec<String> = task
         .data
         .iter()
-        .map(|d| if d.kind == DataKind::Dir { format!("{}/", d.path.trim_end_matches('/')) } else { d.path.clone() })
+        .map(|d| {
+            if d.kind == DataKind::Dir {
+                format!("{}/", d.path.trim_end_matches('/'))
+            } else {
+                d.path.clone()
+            }
+        })
         .collect();
     serde_json::json!({
         "task": task,

@@ -44,7 +44,11 @@ pub struct LiteralError {
 pub fn literal_eval(text: &str) -> Result<PyValue, LiteralError> {
     // literal_eval strips leading spaces and tabs before parsing in eval mode.
     let text = text.trim_start_matches([' ', '\t']);
-    let mut p = Parser { src: text, pos: 0, depth: 0 };
+    let mut p = Parser {
+        src: text,
+        pos: 0,
+        depth: 0,
+    };
     p.skip_ws();
     let first = p.expr()?;
     p.skip_ws();
@@ -107,13 +111,12 @@ fn valid_decimal_float(s: &str) -> bool {
             return (i, false);
         }
         while i < b.len() {
-            if b[i].is_ascii_digit() {
-                i += 1;
-            } else if b[i] == b'_' && i + 1 < b.len() && b[i + 1].is_ascii_digit() && i > start {
-                i += 1;
-            } else {
+            let underscore_between_digits =
+                b[i] == b'_' && i > start && i + 1 < b.len() && b[i + 1].is_ascii_digit();
+            if !(b[i].is_ascii_digit() || underscore_between_digits) {
                 break;
             }
+            i += 1;
         }
         (i, true)
     }
@@ -264,7 +267,11 @@ fn needs_escape(c: char) -> bool {
 }
 
 fn write_str_repr(s: &str, out: &mut String) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -293,7 +300,11 @@ fn write_str_repr(s: &str, out: &mut String) {
 }
 
 fn write_bytes_repr(b: &[u8], out: &mut String) {
-    let quote = if b.contains(&b'\'') && !b.contains(&b'"') { '"' } else { '\'' };
+    let quote = if b.contains(&b'\'') && !b.contains(&b'"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push('b');
     out.push(quote);
     for &byte in b {
@@ -327,7 +338,10 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn err(&self, reason: &str) -> LiteralError {
-        LiteralError { pos: self.pos, reason: reason.to_owned() }
+        LiteralError {
+            pos: self.pos,
+            reason: reason.to_owned(),
+        }
     }
 
     fn rest(&self) -> &'a str {
@@ -358,7 +372,10 @@ impl<'a> Parser<'a> {
                 Some(c) if c.is_whitespace() || c == '\x0c' => self.pos += c.len_utf8(),
                 Some('\\') if self.rest()[1..].starts_with('\n') => self.pos += 2,
                 Some('#') => {
-                    let end = self.rest().find('\n').map_or(self.src.len(), |i| self.pos + i);
+                    let end = self
+                        .rest()
+                        .find('\n')
+                        .map_or(self.src.len(), |i| self.pos + i);
                     self.pos = end;
                 }
                 _ => break,
@@ -557,9 +574,12 @@ impl<'a> Parser<'a> {
                 self.pos = start;
                 return Err(self.err("invalid float literal"));
             }
-            return Ok(PyValue::Float(text.replace('_', "").parse().map_err(|_| {
-                LiteralError { pos: start, reason: "invalid float literal".into() }
-            })?));
+            return Ok(PyValue::Float(text.replace('_', "").parse().map_err(
+                |_| LiteralError {
+                    pos: start,
+                    reason: "invalid float literal".into(),
+                },
+            )?));
         }
         if text.is_empty() || text.starts_with('_') || text.ends_with('_') || text.contains("__") {
             self.pos = start;
@@ -618,7 +638,10 @@ impl<'a> Parser<'a> {
             "None" => Ok(PyValue::None),
             "True" => Ok(PyValue::Bool(true)),
             "False" => Ok(PyValue::Bool(false)),
-            _ => Err(LiteralError { pos: self.pos - ident_len, reason: format!("name `{ident}` is not a literal") }),
+            _ => Err(LiteralError {
+                pos: self.pos - ident_len,
+                reason: format!("name `{ident}` is not a literal"),
+            }),
         }
     }
 
@@ -740,12 +763,18 @@ impl<'a> Parser<'a> {
             }
             push(&mut out, &mut out_bytes, is_bytes, code);
         }
-        Ok(if is_bytes { Lit::Bytes(out_bytes) } else { Lit::Str(out) })
+        Ok(if is_bytes {
+            Lit::Bytes(out_bytes)
+        } else {
+            Lit::Str(out)
+        })
     }
 
     fn hex_escape(&mut self, n: usize) -> Result<u32, LiteralError> {
         let rest = self.rest();
-        let hex = rest.get(..n).filter(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
+        let hex = rest
+            .get(..n)
+            .filter(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
         let Some(hex) = hex else {
             return Err(self.err("truncated hex escape"));
         };
@@ -782,36 +811,63 @@ mod tests {
     #[test]
     fn lists_of_strings_and_numbers() {
         let v = literal_eval("['CST3', \"FTL\", 3, 2.50, -1e-05, None, True]").unwrap();
-        assert_eq!(strs(&v), ["CST3", "FTL", "3", "2.5", "-1e-05", "None", "True"]);
+        assert_eq!(
+            strs(&v),
+            ["CST3", "FTL", "3", "2.5", "-1e-05", "None", "True"]
+        );
     }
 
     #[test]
     fn nested_lists_print_like_python() {
-        let v = literal_eval("[['mean_fare', '34.65'], ('a', 1), ('b',), (), {1: 'x'}, {2}, set()]")
-            .unwrap();
+        let v =
+            literal_eval("[['mean_fare', '34.65'], ('a', 1), ('b',), (), {1: 'x'}, {2}, set()]")
+                .unwrap();
         assert_eq!(
             strs(&v),
-            ["['mean_fare', '34.65']", "('a', 1)", "('b',)", "()", "{1: 'x'}", "{2}", "set()"]
+            [
+                "['mean_fare', '34.65']",
+                "('a', 1)",
+                "('b',)",
+                "()",
+                "{1: 'x'}",
+                "{2}",
+                "set()"
+            ]
         );
         assert!(literal_eval("set([1])").is_err());
     }
 
     #[test]
     fn string_quoting_and_escapes_match_python_repr() {
-        let v = literal_eval(r#"["it's", 'say "hi"', 'both \' and "', 'tab\there', 'a\x41\u00e9', r'raw\n']"#)
-            .unwrap();
+        let v = literal_eval(
+            r#"["it's", 'say "hi"', 'both \' and "', 'tab\there', 'a\x41\u00e9', r'raw\n']"#,
+        )
+        .unwrap();
         let PyValue::List(items) = v else { panic!() };
         let reprs: Vec<String> = items.iter().map(PyValue::repr).collect();
         assert_eq!(
             reprs,
-            [r#""it's""#, r#"'say "hi"'"#, r#"'both \' and "'"#, r"'tab\there'", "'aAé'", r"'raw\\n'"]
+            [
+                r#""it's""#,
+                r#"'say "hi"'"#,
+                r#"'both \' and "'"#,
+                r"'tab\there'",
+                "'aAé'",
+                r"'raw\\n'"
+            ]
         );
     }
 
     #[test]
     fn adjacent_strings_concatenate_and_comments_are_skipped() {
-        assert_eq!(literal_eval("'ab' \"cd\"  # note").unwrap(), PyValue::Str("abcd".into()));
-        assert_eq!(literal_eval("'''multi\nline'''").unwrap(), PyValue::Str("multi\nline".into()));
+        assert_eq!(
+            literal_eval("'ab' \"cd\"  # note").unwrap(),
+            PyValue::Str("abcd".into())
+        );
+        assert_eq!(
+            literal_eval("'''multi\nline'''").unwrap(),
+            PyValue::Str("multi\nline".into())
+        );
     }
 
     #[test]
@@ -832,7 +888,17 @@ mod tests {
             literal_eval("1, 'a'").unwrap(),
             PyValue::Tuple(vec![PyValue::Int("1".into()), PyValue::Str("a".into())])
         );
-        for bad in ["", "[1, 2", "foo", "[1] [2]", "f'x'", "1 + 2", "--1", "[1,,2]", "'unterminated"] {
+        for bad in [
+            "",
+            "[1, 2",
+            "foo",
+            "[1] [2]",
+            "f'x'",
+            "1 + 2",
+            "--1",
+            "[1,,2]",
+            "'unterminated",
+        ] {
             assert!(literal_eval(bad).is_err(), "{bad:?} should not parse");
         }
     }
@@ -878,7 +944,9 @@ mod tests {
             assert_eq!(py_float(text), want, "{text:?}");
         }
         assert!(py_float("nan").unwrap().is_nan());
-        for bad in ["", "34.65%", "1_", "_1", "1__0", "e5", ".", "1e", "0x10", "1.2.3", "infinit", "1 2"] {
+        for bad in [
+            "", "34.65%", "1_", "_1", "1__0", "e5", ".", "1e", "0x10", "1.2.3", "infinit", "1 2",
+        ] {
             assert_eq!(py_float(bad), None, "{bad:?}");
         }
     }

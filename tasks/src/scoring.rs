@@ -40,16 +40,26 @@ impl Predictions {
     /// Read a JSONL predictions file. Any malformed line, missing `id` or repeated id is
     /// an error naming the file and line: half-read predictions would give wrong scores.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| TasksError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TasksError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut preds = Predictions::default();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let err = |message: String| TasksError::Predictions { path: path.to_owned(), line: i + 1, message };
+            let err = |message: String| TasksError::Predictions {
+                path: path.to_owned(),
+                line: i + 1,
+                message,
+            };
             let mut rec: PredictionRecord = serde_json::from_str(line).map_err(|e| {
-                err(format!("expected {{\"id\": \"...\", \"prediction\": ...}}: {}", strip_position(&e)))
+                err(format!(
+                    "expected {{\"id\": \"...\", \"prediction\": ...}}: {}",
+                    strip_position(&e)
+                ))
             })?;
             if let Some(sub) = &rec.submission
                 && sub.is_relative()
@@ -80,7 +90,11 @@ impl Predictions {
 
     /// Ids that are not tasks of `suite`.
     pub fn unknown_ids<'a>(&'a self, suite: &LoadedSuite) -> Vec<&'a str> {
-        self.records.iter().map(|r| r.id.as_str()).filter(|id| suite.task(id).is_none()).collect()
+        self.records
+            .iter()
+            .map(|r| r.id.as_str())
+            .filter(|id| suite.task(id).is_none())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -139,7 +153,11 @@ pub struct TaskScore {
 }
 
 impl TaskScore {
-    fn from_result(id: &str, missing: bool, result: std::result::Result<Score, MetricError>) -> Self {
+    fn from_result(
+        id: &str,
+        missing: bool,
+        result: std::result::Result<Score, MetricError>,
+    ) -> Self {
         match result {
             Ok(s) => TaskScore {
                 id: id.to_owned(),
@@ -211,7 +229,11 @@ impl Aggregate {
             missing += usize::from(row.missing);
             match row.score {
                 Some(s) => scores.push(s),
-                None => *errors.entry(row.error_kind.unwrap_or("error").to_owned()).or_insert(0) += 1,
+                None => {
+                    *errors
+                        .entry(row.error_kind.unwrap_or("error").to_owned())
+                        .or_insert(0) += 1
+                }
             }
             if let Some(p) = row.leaderboard.as_ref().and_then(|l| l.primary()) {
                 let m = medals.get_or_insert_with(MedalCounts::default);
@@ -235,7 +257,11 @@ impl Aggregate {
             max: scores.iter().copied().reduce(f64::max),
             solved: scores.iter().filter(|s| **s >= 1.0).count(),
             missing,
-            success_rate: if count == 0 { 0.0 } else { evaluable as f64 / count as f64 },
+            success_rate: if count == 0 {
+                0.0
+            } else {
+                evaluable as f64 / count as f64
+            },
             errors,
             medals,
         }
@@ -259,8 +285,15 @@ pub enum Scope {
     Predicted,
 }
 
-fn tasks_in_scope<'a>(suite: &'a LoadedSuite, preds: &'a Predictions, scope: Scope) -> impl Iterator<Item = &'a Task> {
-    suite.tasks.iter().filter(move |t| scope == Scope::AllTasks || preds.get(&t.id).is_some())
+fn tasks_in_scope<'a>(
+    suite: &'a LoadedSuite,
+    preds: &'a Predictions,
+    scope: Scope,
+) -> impl Iterator<Item = &'a Task> {
+    suite
+        .tasks
+        .iter()
+        .filter(move |t| scope == Scope::AllTasks || preds.get(&t.id).is_some())
 }
 
 /// Score one task without a judge. A missing prediction scores 0 when the task is
@@ -274,7 +307,11 @@ pub fn score_task(task: &Task, prediction: Option<&str>) -> TaskScore {
 }
 
 /// Like [`score_task`], asking `judge` for LLM-judge metrics.
-pub async fn score_task_with_judge(task: &Task, prediction: Option<&str>, judge: &dyn Judge) -> TaskScore {
+pub async fn score_task_with_judge(
+    task: &Task,
+    prediction: Option<&str>,
+    judge: &dyn Judge,
+) -> TaskScore {
     let result = match Metric::for_task(task) {
         Err(e) => Err(e),
         Ok(metric) => match prediction {
@@ -288,27 +325,49 @@ pub async fn score_task_with_judge(task: &Task, prediction: Option<&str>, judge:
 fn missing_score() -> Score {
     let mut details = Map::new();
     details.insert("missing_prediction".into(), Value::Bool(true));
-    Score { value: 0.0, details, leaderboard: None }
+    Score {
+        value: 0.0,
+        details,
+        leaderboard: None,
+    }
 }
 
 /// Score a suite synchronously (LLM-judge tasks are not evaluable: `needs-judge`).
 pub fn score_suite(suite: &LoadedSuite, preds: &Predictions, scope: Scope) -> SuiteScore {
     let rows: Vec<TaskScore> = tasks_in_scope(suite, preds, scope)
-        .map(|t| score_task(t, preds.get(&t.id).and_then(PredictionRecord::text).as_deref()))
+        .map(|t| {
+            score_task(
+                t,
+                preds.get(&t.id).and_then(PredictionRecord::text).as_deref(),
+            )
+        })
         .collect();
     let aggregate = Aggregate::new(&rows);
-    SuiteScore { suite: suite.def.name.clone(), rows, aggregate }
+    SuiteScore {
+        suite: suite.def.name.clone(),
+        rows,
+        aggregate,
+    }
 }
 
 /// Score a suite, asking `judge` for LLM-judge metrics (one task at a time).
-pub async fn score_suite_with_judge(suite: &LoadedSuite, preds: &Predictions, scope: Scope, judge: &dyn Judge) -> SuiteScore {
+pub async fn score_suite_with_judge(
+    suite: &LoadedSuite,
+    preds: &Predictions,
+    scope: Scope,
+    judge: &dyn Judge,
+) -> SuiteScore {
     let mut rows = Vec::new();
     for t in tasks_in_scope(suite, preds, scope) {
         let text = preds.get(&t.id).and_then(PredictionRecord::text);
         rows.push(score_task_with_judge(t, text.as_deref(), judge).await);
     }
     let aggregate = Aggregate::new(&rows);
-    SuiteScore { suite: suite.def.name.clone(), rows, aggregate }
+    SuiteScore {
+        suite: suite.def.name.clone(),
+        rows,
+        aggregate,
+    }
 }
 
 #[cfg(test)]
@@ -316,7 +375,15 @@ mod tests {
     use super::*;
 
     fn row(score: Option<f64>, kind: Option<&'static str>, missing: bool) -> TaskScore {
-        TaskScore { id: "t".into(), score, missing, error: None, error_kind: kind, details: Map::new(), leaderboard: None }
+        TaskScore {
+            id: "t".into(),
+            score,
+            missing,
+            error: None,
+            error_kind: kind,
+            details: Map::new(),
+            leaderboard: None,
+        }
     }
 
     #[test]
@@ -335,6 +402,9 @@ mod tests {
         assert_eq!(a.success_rate, 0.75);
         assert_eq!(a.errors.get("no-answer"), Some(&1));
         let empty = Aggregate::new(&[]);
-        assert_eq!((empty.count, empty.mean, empty.mean_evaluable), (0, 0.0, None));
+        assert_eq!(
+            (empty.count, empty.mean, empty.mean_evaluable),
+            (0, 0.0, None)
+        );
     }
 }

@@ -47,8 +47,17 @@ impl SplitMix {
 }
 
 const MONTH_DAYS: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-const REGIONS: [(&str, f64); 4] = [("North", 1.0), ("South", 0.85), ("East", 1.15), ("West", 0.95)];
-const PRODUCTS: [(&str, f64, i64); 3] = [("Widget", 120.0, 1999), ("Gadget", 80.0, 3450), ("Gizmo", 45.0, 5900)];
+const REGIONS: [(&str, f64); 4] = [
+    ("North", 1.0),
+    ("South", 0.85),
+    ("East", 1.15),
+    ("West", 0.95),
+];
+const PRODUCTS: [(&str, f64, i64); 3] = [
+    ("Widget", 120.0, 1999),
+    ("Gadget", 80.0, 3450),
+    ("Gizmo", 45.0, 5900),
+];
 
 struct SaleRow {
     month: usize,
@@ -89,7 +98,13 @@ fn generate() -> Data {
                 let noise = 0.85 + 0.3 * rng.unit();
                 let units = (base * region_mult * season * noise).round() as i64;
                 let price_cents = price + rng.range(-100, 100);
-                sales.push(SaleRow { month, region, product, units, price_cents });
+                sales.push(SaleRow {
+                    month,
+                    region,
+                    product,
+                    units,
+                    price_cents,
+                });
             }
         }
     }
@@ -102,7 +117,11 @@ fn generate() -> Data {
             } else {
                 0
             };
-            UserRow { treatment, converted, spend_cents }
+            UserRow {
+                treatment,
+                converted,
+                spend_cents,
+            }
         })
         .collect();
     let mut days = Vec::new();
@@ -111,11 +130,18 @@ fn generate() -> Data {
         for day in 1..=n {
             // 2024-01-01 was a Monday.
             let weekday = day_of_year % 7;
-            let temp = 12.0 + 10.0 * (2.0 * std::f64::consts::PI * (day_of_year as f64 - 105.0) / 366.0).sin();
+            let temp = 12.0
+                + 10.0 * (2.0 * std::f64::consts::PI * (day_of_year as f64 - 105.0) / 366.0).sin();
             let temp_tenths = (temp * 10.0).round() as i64 + rng.range(-30, 30);
             let weekend = if weekday >= 5 { 180 } else { 0 };
             let visits = 600 + (25 * temp_tenths) / 10 + weekend + rng.range(-80, 80);
-            days.push(DayRow { month, day, weekday, temp_tenths, visits });
+            days.push(DayRow {
+                month,
+                day,
+                weekday,
+                temp_tenths,
+                visits,
+            });
             day_of_year += 1;
         }
     }
@@ -153,7 +179,13 @@ impl Data {
         let mut out = String::from("user_id,group,converted,spend\n");
         for (i, u) in self.users.iter().enumerate() {
             let group = if u.treatment { "treatment" } else { "control" };
-            let _ = writeln!(out, "{},{group},{},{}", i + 1, u8::from(u.converted), cents(u.spend_cents));
+            let _ = writeln!(
+                out,
+                "{},{group},{},{}",
+                i + 1,
+                u8::from(u.converted),
+                cents(u.spend_cents)
+            );
         }
         out
     }
@@ -161,7 +193,14 @@ impl Data {
     fn visits_csv(&self) -> String {
         let mut out = String::from("date,temperature_c,visits\n");
         for d in &self.days {
-            let _ = writeln!(out, "2024-{:02}-{:02},{},{}", d.month + 1, d.day, tenths(d.temp_tenths), d.visits);
+            let _ = writeln!(
+                out,
+                "2024-{:02}-{:02},{},{}",
+                d.month + 1,
+                d.day,
+                tenths(d.temp_tenths),
+                d.visits
+            );
         }
         out
     }
@@ -215,9 +254,17 @@ fn questions(d: &Data) -> Vec<Question> {
         metric: numeric(),
     });
     let region_rev: Vec<i64> = (0..REGIONS.len())
-        .map(|g| d.sales.iter().filter(|r| r.region == g).map(|r| r.units * r.price_cents).sum())
+        .map(|g| {
+            d.sales
+                .iter()
+                .filter(|r| r.region == g)
+                .map(|r| r.units * r.price_cents)
+                .sum()
+        })
         .collect();
-    let best_region = (0..REGIONS.len()).max_by_key(|&g| region_rev[g]).unwrap_or(0);
+    let best_region = (0..REGIONS.len())
+        .max_by_key(|&g| region_rev[g])
+        .unwrap_or(0);
     qs.push(Question {
         slug: "top-region",
         file: "sales.csv",
@@ -226,19 +273,32 @@ fn questions(d: &Data) -> Vec<Question> {
         guideline: "The region name exactly as it appears in the data.",
         metric: exact(),
     });
-    let month_units: Vec<i64> =
-        (0..12).map(|m| d.sales.iter().filter(|r| r.month == m).map(|r| r.units).sum()).collect();
+    let month_units: Vec<i64> = (0..12)
+        .map(|m| {
+            d.sales
+                .iter()
+                .filter(|r| r.month == m)
+                .map(|r| r.units)
+                .sum()
+        })
+        .collect();
     let best_month = (0..12).max_by_key(|&m| month_units[m]).unwrap_or(0);
     qs.push(Question {
         slug: "peak-month",
         file: "sales.csv",
-        question: "In which month were the most units sold in total (all regions and products)?".into(),
+        question: "In which month were the most units sold in total (all regions and products)?"
+            .into(),
         answer: json!(format!("2024-{:02}", best_month + 1)),
         guideline: "The month as YYYY-MM.",
         metric: exact(),
     });
     let mean_rev = |p: usize| {
-        let rows: Vec<i64> = d.sales.iter().filter(|r| r.product == p).map(|r| r.units * r.price_cents).collect();
+        let rows: Vec<i64> = d
+            .sales
+            .iter()
+            .filter(|r| r.product == p)
+            .map(|r| r.units * r.price_cents)
+            .collect();
         rows.iter().sum::<i64>() as f64 / rows.len() as f64 / 100.0
     };
     qs.push(Question {
@@ -250,8 +310,10 @@ fn questions(d: &Data) -> Vec<Question> {
         metric: pairs(),
     });
     let avg_region = region_rev.iter().sum::<i64>() as f64 / REGIONS.len() as f64;
-    let above: Vec<&str> =
-        (0..REGIONS.len()).filter(|&g| region_rev[g] as f64 > avg_region).map(|g| REGIONS[g].0).collect();
+    let above: Vec<&str> = (0..REGIONS.len())
+        .filter(|&g| region_rev[g] as f64 > avg_region)
+        .map(|g| REGIONS[g].0)
+        .collect();
     qs.push(Question {
         slug: "regions-above-average",
         file: "sales.csv",
@@ -275,7 +337,10 @@ fn questions(d: &Data) -> Vec<Question> {
         metric: numeric(),
     });
     let spend = |t: bool| {
-        let conv: Vec<i64> = group(t).filter(|u| u.converted).map(|u| u.spend_cents).collect();
+        let conv: Vec<i64> = group(t)
+            .filter(|u| u.converted)
+            .map(|u| u.spend_cents)
+            .collect();
         conv.iter().sum::<i64>() as f64 / conv.len() as f64 / 100.0
     };
     qs.push(Question {
@@ -296,7 +361,13 @@ fn questions(d: &Data) -> Vec<Question> {
         metric: exact(),
     });
     // --- visits ---
-    let peak = d.days.iter().max_by_key(|x| x.visits).map_or_else(String::new, |x| format!("2024-{:02}-{:02}", x.month + 1, x.day));
+    let peak = d
+        .days
+        .iter()
+        .max_by_key(|x| x.visits)
+        .map_or_else(String::new, |x| {
+            format!("2024-{:02}-{:02}", x.month + 1, x.day)
+        });
     qs.push(Question {
         slug: "peak-day",
         file: "visits.csv",
@@ -316,7 +387,12 @@ fn questions(d: &Data) -> Vec<Question> {
         metric: numeric(),
     });
     let mean_visits = |weekend: bool| {
-        let v: Vec<i64> = d.days.iter().filter(|x| (x.weekday >= 5) == weekend).map(|x| x.visits).collect();
+        let v: Vec<i64> = d
+            .days
+            .iter()
+            .filter(|x| (x.weekday >= 5) == weekend)
+            .map(|x| x.visits)
+            .collect();
         v.iter().sum::<i64>() as f64 / v.len() as f64
     };
     qs.push(Question {
@@ -340,9 +416,18 @@ fn questions(d: &Data) -> Vec<Question> {
 }
 
 const FILES: [(&str, &str); 3] = [
-    ("sales.csv", "sales.csv: monthly sales in 2024 by region (North, South, East, West) and product (Widget, Gadget, Gizmo). Columns: month (YYYY-MM), region, product, units, unit_price, revenue (units x unit_price)."),
-    ("experiment.csv", "experiment.csv: an A/B test with 600 users. Columns: user_id, group (treatment or control), converted (1 if the user bought), spend (amount spent; 0 when not converted)."),
-    ("visits.csv", "visits.csv: daily website visits in 2024. Columns: date (YYYY-MM-DD), temperature_c (daily mean temperature), visits."),
+    (
+        "sales.csv",
+        "sales.csv: monthly sales in 2024 by region (North, South, East, West) and product (Widget, Gadget, Gizmo). Columns: month (YYYY-MM), region, product, units, unit_price, revenue (units x unit_price).",
+    ),
+    (
+        "experiment.csv",
+        "experiment.csv: an A/B test with 600 users. Columns: user_id, group (treatment or control), converted (1 if the user bought), spend (amount spent; 0 when not converted).",
+    ),
+    (
+        "visits.csv",
+        "visits.csv: daily website visits in 2024. Columns: date (YYYY-MM-DD), temperature_c (daily mean temperature), visits.",
+    ),
 ];
 
 /// The starter data directory under `cache_dir` (versioned).
@@ -357,7 +442,11 @@ fn write_if_changed(path: &Path, contents: &str) -> std::io::Result<()> {
         return Ok(());
     }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
@@ -370,14 +459,18 @@ pub fn materialize(cache_dir: &Path) -> Result<PathBuf> {
     let data = generate();
     let root = data_dir(cache_dir);
     let dir = root.join("starter");
-    std::fs::create_dir_all(&dir).map_err(|source| TasksError::StarterData { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| TasksError::StarterData {
+        path: dir.clone(),
+        source,
+    })?;
     for (name, contents) in [
         ("sales.csv", data.sales_csv()),
         ("experiment.csv", data.experiment_csv()),
         ("visits.csv", data.visits_csv()),
     ] {
         let path = dir.join(name);
-        write_if_changed(&path, &contents).map_err(|source| TasksError::StarterData { path, source })?;
+        write_if_changed(&path, &contents)
+            .map_err(|source| TasksError::StarterData { path, source })?;
     }
     Ok(root)
 }
@@ -390,7 +483,11 @@ pub fn load(def: SuiteDef, cache_dir: &Path) -> Result<LoadedSuite> {
         .into_iter()
         .map(|q| {
             let path = format!("/data/starter/{}", q.file);
-            let context = FILES.iter().find(|(f, _)| *f == q.file).map_or("", |(_, c)| c).to_owned();
+            let context = FILES
+                .iter()
+                .find(|(f, _)| *f == q.file)
+                .map_or("", |(_, c)| c)
+                .to_owned();
             let mut metadata = Map::new();
             metadata.insert("dataset".into(), json!(q.file));
             if q.guideline.starts_with('@') {
@@ -402,7 +499,11 @@ pub fn load(def: SuiteDef, cache_dir: &Path) -> Result<LoadedSuite> {
                 track: Track::Analysis,
                 question: q.question,
                 context,
-                data: vec![DataFile { host: Some(data_dir.join("starter").join(q.file)), path, kind: DataKind::File }],
+                data: vec![DataFile {
+                    host: Some(data_dir.join("starter").join(q.file)),
+                    path,
+                    kind: DataKind::File,
+                }],
                 submission: None,
                 answer: Some(q.answer),
                 answer_guideline: Some(q.guideline.to_owned()),
@@ -411,7 +512,12 @@ pub fn load(def: SuiteDef, cache_dir: &Path) -> Result<LoadedSuite> {
             }
         })
         .collect();
-    Ok(LoadedSuite { def, tasks, problems: Vec::new(), data_dir })
+    Ok(LoadedSuite {
+        def,
+        tasks,
+        problems: Vec::new(),
+        data_dir,
+    })
 }
 
 #[cfg(test)]

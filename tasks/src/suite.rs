@@ -16,7 +16,9 @@ use crate::error::{Result, TasksError};
 use crate::leaderboard::Leaderboards;
 use crate::metric::{KaggleMetric, Metric, MetricError};
 use crate::paths::{DataRoot, default_starter_dir};
-use crate::task::{DataFile, DataKind, MetricSpec, SANDBOX_SUBMISSION_DIR, Task, Track, host_for_sandbox_path};
+use crate::task::{
+    DataFile, DataKind, MetricSpec, SANDBOX_SUBMISSION_DIR, Task, Track, host_for_sandbox_path,
+};
 
 /// How a suite's task files are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +64,12 @@ fn default_style() -> String {
 
 impl Default for PromptSpec {
     fn default() -> Self {
-        PromptSpec { style: default_style(), instructions: Vec::new(), system_template: None, user_template: None }
+        PromptSpec {
+            style: default_style(),
+            instructions: Vec::new(),
+            system_template: None,
+            user_template: None,
+        }
     }
 }
 
@@ -168,7 +175,13 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.task_id, self.kind.as_str(), self.message)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.task_id,
+            self.kind.as_str(),
+            self.message
+        )
     }
 }
 
@@ -194,11 +207,19 @@ impl LoadedSuite {
         let mut problems = self.problems.clone();
         for task in &self.tasks {
             let mut add = |kind, message: String| {
-                problems.push(Problem { suite: self.def.name.clone(), task_id: task.id.clone(), kind, message })
+                problems.push(Problem {
+                    suite: self.def.name.clone(),
+                    task_id: task.id.clone(),
+                    kind,
+                    message,
+                })
             };
             for d in &task.data {
                 let Some(host) = &d.host else {
-                    add(ProblemKind::MissingData, format!("{} has no host path", d.path));
+                    add(
+                        ProblemKind::MissingData,
+                        format!("{} has no host path", d.path),
+                    );
                     continue;
                 };
                 let present = match d.kind {
@@ -206,28 +227,54 @@ impl LoadedSuite {
                     DataKind::Dir => host.is_dir(),
                 };
                 if !present {
-                    let what = if d.kind == DataKind::Dir { "directory" } else { "file" };
-                    add(ProblemKind::MissingData, format!("data {what} {} is missing (host {})", d.path, host.display()));
+                    let what = if d.kind == DataKind::Dir {
+                        "directory"
+                    } else {
+                        "file"
+                    };
+                    add(
+                        ProblemKind::MissingData,
+                        format!(
+                            "data {what} {} is missing (host {})",
+                            d.path,
+                            host.display()
+                        ),
+                    );
                 }
             }
             match Metric::for_task(task) {
-                Err(e @ MetricError::UnknownMetric { .. }) => add(ProblemKind::UnknownMetric, e.to_string()),
+                Err(e @ MetricError::UnknownMetric { .. }) => {
+                    add(ProblemKind::UnknownMetric, e.to_string())
+                }
                 Err(e) => add(ProblemKind::BadMetric, e.to_string()),
                 Ok(metric) => {
                     match metric.check(task) {
                         Ok(()) | Err(MetricError::NoMetric { .. }) => {}
-                        Err(e @ MetricError::NoAnswer { .. }) => add(ProblemKind::NoAnswer, e.to_string()),
-                        Err(e @ MetricError::BadAnswer { .. }) => add(ProblemKind::BadAnswer, e.to_string()),
-                        Err(e @ MetricError::Leaderboard { .. }) => add(ProblemKind::Leaderboard, e.to_string()),
+                        Err(e @ MetricError::NoAnswer { .. }) => {
+                            add(ProblemKind::NoAnswer, e.to_string())
+                        }
+                        Err(e @ MetricError::BadAnswer { .. }) => {
+                            add(ProblemKind::BadAnswer, e.to_string())
+                        }
+                        Err(e @ MetricError::Leaderboard { .. }) => {
+                            add(ProblemKind::Leaderboard, e.to_string())
+                        }
                         Err(e) => add(ProblemKind::BadMetric, e.to_string()),
                     }
                     if let Metric::Leaderboard(lb) = &metric
                         && let Some(answers) = &lb.answer_file
-                        && let Some(d) = task.data.iter().find(|d| d.host.as_ref().is_some_and(|h| answers.starts_with(h)))
+                        && let Some(d) = task
+                            .data
+                            .iter()
+                            .find(|d| d.host.as_ref().is_some_and(|h| answers.starts_with(h)))
                     {
                         add(
                             ProblemKind::AnswerExposed,
-                            format!("answer file {} is inside the mounted {}", answers.display(), d.path),
+                            format!(
+                                "answer file {} is inside the mounted {}",
+                                answers.display(),
+                                d.path
+                            ),
                         );
                     }
                 }
@@ -250,21 +297,51 @@ const BUILTIN_ENTRIES: [(&str, &str); 10] = [
     ("starter.toml", include_str!("../suites/starter.toml")),
     ("qrdata.toml", include_str!("../suites/qrdata.toml")),
     ("daeval.toml", include_str!("../suites/daeval.toml")),
-    ("dabstep-dev.toml", include_str!("../suites/dabstep-dev.toml")),
+    (
+        "dabstep-dev.toml",
+        include_str!("../suites/dabstep-dev.toml"),
+    ),
     ("dabstep.toml", include_str!("../suites/dabstep.toml")),
-    ("discoverybench.toml", include_str!("../suites/discoverybench.toml")),
+    (
+        "discoverybench.toml",
+        include_str!("../suites/discoverybench.toml"),
+    ),
     ("dsbio.toml", include_str!("../suites/dsbio.toml")),
-    ("dspredict-easy.toml", include_str!("../suites/dspredict-easy.toml")),
-    ("dspredict-hard.toml", include_str!("../suites/dspredict-hard.toml")),
-    ("scienceagentbench.toml", include_str!("../suites/scienceagentbench.toml")),
+    (
+        "dspredict-easy.toml",
+        include_str!("../suites/dspredict-easy.toml"),
+    ),
+    (
+        "dspredict-hard.toml",
+        include_str!("../suites/dspredict-hard.toml"),
+    ),
+    (
+        "scienceagentbench.toml",
+        include_str!("../suites/scienceagentbench.toml"),
+    ),
 ];
 
 fn parse_entry(path: &Path, text: &str) -> Result<SuiteDef> {
-    let def: SuiteDef = toml::from_str(text)
-        .map_err(|e| TasksError::SuiteEntry { path: path.to_owned(), message: e.to_string().trim().replace('\n', " ") })?;
-    let bad = |message: String| Err(TasksError::SuiteEntry { path: path.to_owned(), message });
-    if def.name.is_empty() || !def.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return bad(format!("suite name `{}` must be non-empty and use only letters, digits, `-` and `_`", def.name));
+    let def: SuiteDef = toml::from_str(text).map_err(|e| TasksError::SuiteEntry {
+        path: path.to_owned(),
+        message: e.to_string().trim().replace('\n', " "),
+    })?;
+    let bad = |message: String| {
+        Err(TasksError::SuiteEntry {
+            path: path.to_owned(),
+            message,
+        })
+    };
+    if def.name.is_empty()
+        || !def
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return bad(format!(
+            "suite name `{}` must be non-empty and use only letters, digits, `-` and `_`",
+            def.name
+        ));
     }
     if def.format != SuiteFormat::Starter && def.files.is_empty() {
         return bad("`files` lists no task files".into());
@@ -287,7 +364,11 @@ impl SuiteRegistry {
         for (file, text) in BUILTIN_ENTRIES {
             suites.push(parse_entry(&Path::new("tasks/suites").join(file), text)?);
         }
-        Ok(SuiteRegistry { suites, data_root, starter_dir: default_starter_dir() })
+        Ok(SuiteRegistry {
+            suites,
+            data_root,
+            starter_dir: default_starter_dir(),
+        })
     }
 
     /// Where the starter suite writes its generated data.
@@ -305,18 +386,30 @@ impl SuiteRegistry {
 
     /// Add one user entry file.
     pub fn add_entry(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path).map_err(|source| TasksError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TasksError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut def = parse_entry(path, &text)?;
         if def.format == SuiteFormat::Starter {
-            return Err(TasksError::SuiteEntry { path: path.to_owned(), message: "format `starter` is reserved for the built-in suite".into() });
+            return Err(TasksError::SuiteEntry {
+                path: path.to_owned(),
+                message: "format `starter` is reserved for the built-in suite".into(),
+            });
         }
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         if let Some(existing) = self.suites.iter().find(|s| s.name == def.name) {
             let first = match &existing.origin {
                 SuiteOrigin::User(p) => p.clone(),
-                SuiteOrigin::Builtin => PathBuf::from(format!("(built-in suite {})", existing.name)),
+                SuiteOrigin::Builtin => {
+                    PathBuf::from(format!("(built-in suite {})", existing.name))
+                }
             };
-            return Err(TasksError::DuplicateSuite { name: def.name, first, second: abs });
+            return Err(TasksError::DuplicateSuite {
+                name: def.name,
+                first,
+                second: abs,
+            });
         }
         def.origin = SuiteOrigin::User(abs);
         self.suites.push(def);
@@ -325,7 +418,10 @@ impl SuiteRegistry {
 
     /// Add every `*.toml` entry in `dir` (sorted by name).
     pub fn add_user_dir(&mut self, dir: &Path) -> Result<()> {
-        let entries = std::fs::read_dir(dir).map_err(|source| TasksError::Io { path: dir.to_owned(), source })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| TasksError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
@@ -346,10 +442,13 @@ impl SuiteRegistry {
     }
 
     pub fn get(&self, name: &str) -> Result<&SuiteDef> {
-        self.suites.iter().find(|s| s.name == name).ok_or_else(|| TasksError::UnknownSuite {
-            name: name.to_owned(),
-            known: self.names().join(", "),
-        })
+        self.suites
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| TasksError::UnknownSuite {
+                name: name.to_owned(),
+                known: self.names().join(", "),
+            })
     }
 
     /// Whether a suite's files live under the DSGym data root.
@@ -366,7 +465,9 @@ impl SuiteRegistry {
             _ => {
                 let base = match &def.origin {
                     SuiteOrigin::Builtin => self.data_root.require()?.to_owned(),
-                    SuiteOrigin::User(entry) => entry.parent().map(Path::to_owned).unwrap_or_default(),
+                    SuiteOrigin::User(entry) => {
+                        entry.parent().map(Path::to_owned).unwrap_or_default()
+                    }
                 };
                 load_files(def, &base)?
             }
@@ -391,7 +492,11 @@ impl SuiteRegistry {
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_owned() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
 }
 
 /// One record of a task file, with where it came from (for problem messages).
@@ -404,11 +509,20 @@ struct Record {
 
 /// Read a task file: JSONL (one record per line; a bad line is a problem, not a failure)
 /// or a JSON array of records.
-fn read_records(path: &Path, suite: &str, start: usize, problems: &mut Vec<Problem>) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).map_err(|source| TasksError::Io { path: path.to_owned(), source })?;
+fn read_records(
+    path: &Path,
+    suite: &str,
+    start: usize,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(|source| TasksError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let is_jsonl = path.extension().is_some_and(|x| x == "jsonl");
     if !is_jsonl {
-        let value: Value = serde_json::from_str(&text).map_err(|e| TasksError::malformed_json(path, &e))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| TasksError::malformed_json(path, &e))?;
         let Value::Array(items) = value else {
             return Err(TasksError::MalformedJson {
                 path: path.to_owned(),
@@ -420,7 +534,11 @@ fn read_records(path: &Path, suite: &str, start: usize, problems: &mut Vec<Probl
         return Ok(items
             .into_iter()
             .enumerate()
-            .map(|(i, value)| Record { value, index: start + i, place: None })
+            .map(|(i, value)| Record {
+                value,
+                index: start + i,
+                place: None,
+            })
             .collect());
     }
     let mut records = Vec::new();
@@ -431,12 +549,20 @@ fn read_records(path: &Path, suite: &str, start: usize, problems: &mut Vec<Probl
         let place = format!("{}:{}", path.display(), lineno + 1);
         let index = start + records.len();
         match serde_json::from_str::<Value>(line) {
-            Ok(value) => records.push(Record { value, index, place: Some(place) }),
+            Ok(value) => records.push(Record {
+                value,
+                index,
+                place: Some(place),
+            }),
             Err(e) => problems.push(Problem {
                 suite: suite.to_owned(),
                 task_id: place,
                 kind: ProblemKind::BadRecord,
-                message: format!("malformed JSON at column {}: {}", e.column(), TasksError::malformed_json(path, &e)),
+                message: format!(
+                    "malformed JSON at column {}: {}",
+                    e.column(),
+                    TasksError::malformed_json(path, &e)
+                ),
             }),
         }
     }
@@ -453,22 +579,38 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn data_file(&self, path: &str, kind: DataKind) -> std::result::Result<DataFile, String> {
-        let host = host_for_sandbox_path(self.data_dir, path)
-            .ok_or_else(|| format!("data path `{path}` must be an absolute path under /data without `..`"))?;
-        Ok(DataFile { path: path.to_owned(), host: Some(host), kind })
+        let host = host_for_sandbox_path(self.data_dir, path).ok_or_else(|| {
+            format!("data path `{path}` must be an absolute path under /data without `..`")
+        })?;
+        Ok(DataFile {
+            path: path.to_owned(),
+            host: Some(host),
+            kind,
+        })
     }
 
     fn shared(&self) -> std::result::Result<Vec<DataFile>, String> {
-        self.def.shared_data.iter().map(|p| self.data_file(p, DataKind::File)).collect()
+        self.def
+            .shared_data
+            .iter()
+            .map(|p| self.data_file(p, DataKind::File))
+            .collect()
     }
 
     fn default_metric(&self) -> MetricSpec {
-        self.def.metric.clone().unwrap_or_else(|| MetricSpec::new("exact_match"))
+        self.def
+            .metric
+            .clone()
+            .unwrap_or_else(|| MetricSpec::new("exact_match"))
     }
 
     fn id(&self, local: &str) -> String {
         let prefix = format!("{}/", self.def.name);
-        if local.starts_with(&prefix) { local.to_owned() } else { format!("{prefix}{local}") }
+        if local.starts_with(&prefix) {
+            local.to_owned()
+        } else {
+            format!("{prefix}{local}")
+        }
     }
 }
 
@@ -483,7 +625,12 @@ fn load_files(def: SuiteDef, base: &Path) -> Result<LoadedSuite> {
         Leaderboards::find_file(&dir, name)
             .unwrap_or_else(|| dir.join(format!("{name}_leaderboard_stats_missing.json")))
     });
-    let ctx = Ctx { def: &def, data_dir: &data_dir, base, leaderboard_file };
+    let ctx = Ctx {
+        def: &def,
+        data_dir: &data_dir,
+        base,
+        leaderboard_file,
+    };
     let mut problems = Vec::new();
     let mut tasks = Vec::new();
     let mut seen = HashSet::new();
@@ -501,7 +648,10 @@ fn load_files(def: SuiteDef, base: &Path) -> Result<LoadedSuite> {
                             suite: def.name.clone(),
                             task_id: task.id.clone(),
                             kind: ProblemKind::DuplicateId,
-                            message: format!("id used by an earlier task; record {} dropped", rec.place.as_deref().unwrap_or(&fallback_id)),
+                            message: format!(
+                                "id used by an earlier task; record {} dropped",
+                                rec.place.as_deref().unwrap_or(&fallback_id)
+                            ),
                         });
                         continue;
                     }
@@ -509,11 +659,13 @@ fn load_files(def: SuiteDef, base: &Path) -> Result<LoadedSuite> {
                 }
                 Err(message) => {
                     // Name the record by its own id when it has one, else by its place.
-                    let own_id = ["id", "task_id", "challenge_name"].iter().find_map(|k| match rec.value.get(*k) {
-                        Some(Value::String(s)) if !s.is_empty() => Some(ctx.id(s)),
-                        Some(Value::Number(n)) => Some(ctx.id(&n.to_string())),
-                        _ => None,
-                    });
+                    let own_id = ["id", "task_id", "challenge_name"]
+                        .iter()
+                        .find_map(|k| match rec.value.get(*k) {
+                            Some(Value::String(s)) if !s.is_empty() => Some(ctx.id(s)),
+                            Some(Value::Number(n)) => Some(ctx.id(&n.to_string())),
+                            _ => None,
+                        });
                     let message = match &rec.place {
                         Some(place) if own_id.is_some() => format!("{message} ({place})"),
                         _ => message,
@@ -528,7 +680,12 @@ fn load_files(def: SuiteDef, base: &Path) -> Result<LoadedSuite> {
             }
         }
     }
-    Ok(LoadedSuite { def, tasks, problems, data_dir })
+    Ok(LoadedSuite {
+        def,
+        tasks,
+        problems,
+        data_dir,
+    })
 }
 
 fn convert(ctx: &Ctx<'_>, rec: &Record) -> std::result::Result<Task, String> {
@@ -547,7 +704,10 @@ fn convert(ctx: &Ctx<'_>, rec: &Record) -> std::result::Result<Task, String> {
 fn req_str<'a>(obj: &'a Map<String, Value>, key: &str) -> std::result::Result<&'a str, String> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!("field `{key}` must be a string, found {}", kind_of(other))),
+        Some(other) => Err(format!(
+            "field `{key}` must be a string, found {}",
+            kind_of(other)
+        )),
         None => Err(format!("field `{key}` is missing")),
     }
 }
@@ -557,7 +717,11 @@ fn req_str<'a>(obj: &'a Map<String, Value>, key: &str) -> std::result::Result<&'
 fn question_of(obj: &Map<String, Value>) -> std::result::Result<String, String> {
     match obj.get("question") {
         Some(Value::Array(parts)) if !parts.is_empty() && parts.iter().all(Value::is_string) => {
-            Ok(parts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
+            Ok(parts
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
         _ => req_str(obj, "question").map(str::to_owned),
     }
@@ -567,7 +731,10 @@ fn opt_str(obj: &Map<String, Value>, key: &str) -> std::result::Result<Option<St
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!("field `{key}` must be a string, found {}", kind_of(other))),
+        Some(other) => Err(format!(
+            "field `{key}` must be a string, found {}",
+            kind_of(other)
+        )),
     }
 }
 
@@ -586,12 +753,26 @@ fn metadata_of(obj: &Map<String, Value>) -> std::result::Result<Map<String, Valu
     match obj.get("metadata") {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m.clone()),
-        Some(other) => Err(format!("field `metadata` must be an object, found {}", kind_of(other))),
+        Some(other) => Err(format!(
+            "field `metadata` must be an object, found {}",
+            kind_of(other)
+        )),
     }
 }
 
-fn convert_dsgym(ctx: &Ctx<'_>, index: usize, obj: &Map<String, Value>) -> std::result::Result<Task, String> {
-    const KNOWN: [&str; 6] = ["context", "question", "answer", "data", "metadata", "answer_guideline"];
+fn convert_dsgym(
+    ctx: &Ctx<'_>,
+    index: usize,
+    obj: &Map<String, Value>,
+) -> std::result::Result<Task, String> {
+    const KNOWN: [&str; 6] = [
+        "context",
+        "question",
+        "answer",
+        "data",
+        "metadata",
+        "answer_guideline",
+    ];
     let question = question_of(obj)?;
     let context = opt_str(obj, "context")?.unwrap_or_default();
     let mut metadata = metadata_of(obj)?;
@@ -607,24 +788,38 @@ fn convert_dsgym(ctx: &Ctx<'_>, index: usize, obj: &Map<String, Value>) -> std::
         Some(Value::Array(items)) => {
             for item in items {
                 let Value::String(p) = item else {
-                    return Err(format!("`data` entries must be strings, found {}", kind_of(item)));
+                    return Err(format!(
+                        "`data` entries must be strings, found {}",
+                        kind_of(item)
+                    ));
                 };
                 data.push(ctx.data_file(p, DataKind::File)?);
             }
         }
-        Some(other) => return Err(format!("field `data` must be an array, found {}", kind_of(other))),
+        Some(other) => {
+            return Err(format!(
+                "field `data` must be an array, found {}",
+                kind_of(other)
+            ));
+        }
     }
     let answer_guideline = match opt_str(obj, "answer_guideline")? {
         Some(g) => Some(g),
         // DAEval states the answer format in its metadata.
-        None => metadata.get("format").and_then(Value::as_str).map(str::to_owned),
+        None => metadata
+            .get("format")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     };
     let submission = if ctx.def.track == Track::Prediction {
         Some(
             metadata
                 .get("output_fname")
                 .and_then(Value::as_str)
-                .map_or_else(|| format!("{SANDBOX_SUBMISSION_DIR}/submission.csv"), str::to_owned),
+                .map_or_else(
+                    || format!("{SANDBOX_SUBMISSION_DIR}/submission.csv"),
+                    str::to_owned,
+                ),
         )
     } else {
         None
@@ -675,13 +870,20 @@ fn convert_dabstep(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> std::result::Resu
 fn convert_dspredict(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> std::result::Result<Task, String> {
     let name = req_str(obj, "challenge_name")?;
     if name.is_empty() || name.contains('/') || name.contains("..") {
-        return Err(format!("`challenge_name` `{name}` is not a plain competition name"));
+        return Err(format!(
+            "`challenge_name` `{name}` is not a plain competition name"
+        ));
     }
     let description = req_str(obj, "description")?.to_owned();
     let dir = opt_str(obj, "docker_challenge_path")?.unwrap_or_else(|| format!("/data/{name}"));
     let evaluation = opt_str(obj, "evaluation_metric")?.unwrap_or_default();
     let mut metadata = metadata_of(obj)?;
-    for key in ["challenge_name", "competition_description", "evaluation_metric", "dataset_description"] {
+    for key in [
+        "challenge_name",
+        "competition_description",
+        "evaluation_metric",
+        "dataset_description",
+    ] {
         if let Some(v) = obj.get(key) {
             metadata.insert(key.to_owned(), v.clone());
         }
@@ -694,7 +896,13 @@ fn convert_dspredict(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> std::result::Re
         metric = metric.with("local_metric", m.name());
     }
     if let Some(dir) = &ctx.def.answers_dir {
-        metric = metric.with("answer_file", resolve(ctx.base, dir).join(format!("{name}.csv")).display().to_string());
+        metric = metric.with(
+            "answer_file",
+            resolve(ctx.base, dir)
+                .join(format!("{name}.csv"))
+                .display()
+                .to_string(),
+        );
     }
     let mut data = ctx.shared()?;
     data.push(ctx.data_file(&dir, DataKind::Dir)?);
@@ -713,9 +921,18 @@ fn convert_dspredict(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> std::result::Re
     })
 }
 
-fn convert_dsbox(ctx: &Ctx<'_>, index: usize, obj: &Map<String, Value>) -> std::result::Result<Task, String> {
-    let mut task: Task = serde_json::from_value(Value::Object(obj.clone())).map_err(|e| e.to_string())?;
-    let local = if task.id.is_empty() { index.to_string() } else { task.id.clone() };
+fn convert_dsbox(
+    ctx: &Ctx<'_>,
+    index: usize,
+    obj: &Map<String, Value>,
+) -> std::result::Result<Task, String> {
+    let mut task: Task =
+        serde_json::from_value(Value::Object(obj.clone())).map_err(|e| e.to_string())?;
+    let local = if task.id.is_empty() {
+        index.to_string()
+    } else {
+        task.id.clone()
+    };
     task.id = ctx.id(&local);
     task.suite = ctx.def.name.clone();
     if !obj.contains_key("track") {
@@ -748,20 +965,52 @@ mod tests {
         let reg = SuiteRegistry::builtin(DataRoot::at("/nonexistent")).unwrap();
         assert_eq!(
             reg.names(),
-            ["starter", "qrdata", "daeval", "dabstep-dev", "dabstep", "discoverybench", "dsbio", "dspredict-easy", "dspredict-hard", "scienceagentbench"]
+            [
+                "starter",
+                "qrdata",
+                "daeval",
+                "dabstep-dev",
+                "dabstep",
+                "discoverybench",
+                "dsbio",
+                "dspredict-easy",
+                "dspredict-hard",
+                "scienceagentbench"
+            ]
         );
-        assert_eq!(reg.get("dabstep").unwrap().files, [PathBuf::from("task/DABStep/all.jsonl")]);
+        assert_eq!(
+            reg.get("dabstep").unwrap().files,
+            [PathBuf::from("task/DABStep/all.jsonl")]
+        );
         assert_eq!(reg.get("dabstep-dev").unwrap().shared_data.len(), 7);
     }
 
     #[test]
     fn entry_checks() {
         let p = Path::new("x.toml");
-        assert!(parse_entry(p, "name = \"a b\"\nformat = \"dsbox\"\nfiles = [\"t.json\"]").is_err());
+        assert!(
+            parse_entry(
+                p,
+                "name = \"a b\"\nformat = \"dsbox\"\nfiles = [\"t.json\"]"
+            )
+            .is_err()
+        );
         assert!(parse_entry(p, "name = \"a\"\nformat = \"dsbox\"").is_err());
         assert!(parse_entry(p, "name = \"a\"\nformat = \"dsbox\"\nfiles = [\"t.json\"]\nmetric = { name = \"bleu\" }").is_err());
-        assert!(parse_entry(p, "name = \"a\"\nformat = \"dsbox\"\nfiles = [\"t.json\"]\ncolour = 1").is_err());
-        assert!(parse_entry(p, "name = \"a\"\nformat = \"dspredict\"\nfiles = [\"t.json\"]").is_err());
+        assert!(
+            parse_entry(
+                p,
+                "name = \"a\"\nformat = \"dsbox\"\nfiles = [\"t.json\"]\ncolour = 1"
+            )
+            .is_err()
+        );
+        assert!(
+            parse_entry(
+                p,
+                "name = \"a\"\nformat = \"dspredict\"\nfiles = [\"t.json\"]"
+            )
+            .is_err()
+        );
         assert!(parse_entry(p, "name = \"a\"\nformat = \"dsbox\"\nfiles = [\"t.json\"]").is_ok());
     }
 }

@@ -68,7 +68,10 @@ pub struct MetricSpec {
 
 impl MetricSpec {
     pub fn new(name: &str) -> Self {
-        MetricSpec { name: name.to_owned(), params: Map::new() }
+        MetricSpec {
+            name: name.to_owned(),
+            params: Map::new(),
+        }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -133,7 +136,11 @@ fn de_data_files<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DataFile>
     Ok(entries
         .into_iter()
         .map(|e| match e {
-            Entry::Path(path) => DataFile { path, host: None, kind: DataKind::File },
+            Entry::Path(path) => DataFile {
+                path,
+                host: None,
+                kind: DataKind::File,
+            },
             Entry::Full(f) => f,
         })
         .collect())
@@ -145,12 +152,19 @@ impl Task {
     /// skips the sample: "cannot evaluate").
     pub fn answer_text(&self) -> Option<String> {
         let text = value_to_py_str(self.answer.as_ref()?)?;
-        if crate::pyliteral::py_strip(&text).is_empty() { None } else { Some(text) }
+        if crate::pyliteral::py_strip(&text).is_empty() {
+            None
+        } else {
+            Some(text)
+        }
     }
 
     /// The host path of the data entry mounted at `sandbox_path`, if the task has one.
     pub fn host_path(&self, sandbox_path: &str) -> Option<&Path> {
-        self.data.iter().find(|d| d.path == sandbox_path).and_then(|d| d.host.as_deref())
+        self.data
+            .iter()
+            .find(|d| d.path == sandbox_path)
+            .and_then(|d| d.host.as_deref())
     }
 
     /// Metadata string field, if present.
@@ -185,7 +199,9 @@ fn value_repr(value: &Value) -> String {
             Value::String(s) => PyValue::Str(s.clone()),
             Value::Array(items) => PyValue::List(items.iter().map(to_py).collect()),
             Value::Object(map) => PyValue::Dict(
-                map.iter().map(|(k, v)| (PyValue::Str(k.clone()), to_py(v))).collect(),
+                map.iter()
+                    .map(|(k, v)| (PyValue::Str(k.clone()), to_py(v)))
+                    .collect(),
             ),
         }
     }
@@ -202,7 +218,9 @@ pub fn host_for_sandbox_path(data_dir: &Path, sandbox_path: &str) -> Option<Path
     let rest = rest.strip_prefix('/')?;
     let rel = Path::new(rest);
     if rest.is_empty()
-        || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
         return None;
     }

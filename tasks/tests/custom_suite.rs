@@ -53,31 +53,62 @@ fn listed_validated_and_scored() {
 
     let suite = reg.load("my-suite").unwrap();
     let ids: Vec<&str> = suite.tasks.iter().map(|t| t.id.as_str()).collect();
-    assert_eq!(ids, ["my-suite/mean", "my-suite/pairs", "my-suite/gone", "my-suite/weird-metric", "my-suite/bad-answer", "my-suite/build"]);
+    assert_eq!(
+        ids,
+        [
+            "my-suite/mean",
+            "my-suite/pairs",
+            "my-suite/gone",
+            "my-suite/weird-metric",
+            "my-suite/bad-answer",
+            "my-suite/build"
+        ]
+    );
     let mean = suite.task("my-suite/mean").unwrap();
-    assert_eq!(mean.data[0].host.as_deref().unwrap(), dir.join("data/numbers.csv"));
+    assert_eq!(
+        mean.data[0].host.as_deref().unwrap(),
+        dir.join("data/numbers.csv")
+    );
     assert_eq!(mean.metric.params["tolerance"], 0.05);
-    assert_eq!(suite.task("my-suite/pairs").unwrap().metric.name, "list_match");
+    assert_eq!(
+        suite.task("my-suite/pairs").unwrap().metric.name,
+        "list_match"
+    );
     let build = suite.task("my-suite/build").unwrap();
     assert_eq!(build.track, Track::Prediction);
-    assert_eq!(build.submission.as_deref(), Some("/submission/submission.csv"));
+    assert_eq!(
+        build.submission.as_deref(),
+        Some("/submission/submission.csv")
+    );
 
     // Load problems: the escaping path, the duplicate id and the non-JSON line.
-    let kinds: Vec<(String, ProblemKind)> = suite.problems.iter().map(|p| (p.task_id.clone(), p.kind)).collect();
+    let kinds: Vec<(String, ProblemKind)> = suite
+        .problems
+        .iter()
+        .map(|p| (p.task_id.clone(), p.kind))
+        .collect();
     assert_eq!(kinds.len(), 3, "{:?}", suite.problems);
     assert!(kinds.contains(&("my-suite/escape".into(), ProblemKind::BadRecord)));
     assert!(kinds.contains(&("my-suite/mean".into(), ProblemKind::DuplicateId)));
     let jsonl_line = format!("{}:8", dir.join("tasks.jsonl").display());
-    assert!(kinds.contains(&(jsonl_line, ProblemKind::BadRecord)), "{kinds:?}");
+    assert!(
+        kinds.contains(&(jsonl_line, ProblemKind::BadRecord)),
+        "{kinds:?}"
+    );
 
     // Validation adds the per-task checks.
     let problems = suite.validate();
-    let has = |id: &str, kind: ProblemKind| problems.iter().any(|p| p.task_id == id && p.kind == kind);
+    let has =
+        |id: &str, kind: ProblemKind| problems.iter().any(|p| p.task_id == id && p.kind == kind);
     assert!(has("my-suite/gone", ProblemKind::MissingData));
     assert!(has("my-suite/weird-metric", ProblemKind::UnknownMetric));
     assert!(has("my-suite/bad-answer", ProblemKind::BadAnswer));
     assert_eq!(problems.len(), 6, "{problems:#?}");
-    assert!(!problems.iter().any(|p| p.task_id == "my-suite/mean" && p.kind != ProblemKind::DuplicateId));
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p.task_id == "my-suite/mean" && p.kind != ProblemKind::DuplicateId)
+    );
 
     // Scoring.
     let preds_path = tmp.path().join("preds.jsonl");
@@ -96,7 +127,10 @@ fn listed_validated_and_scored() {
     assert_eq!(by_id("my-suite/pairs").score, Some(1.0));
     assert_eq!(by_id("my-suite/gone").score, Some(0.0));
     assert!(by_id("my-suite/gone").missing);
-    assert_eq!(by_id("my-suite/weird-metric").error_kind, Some("unknown-metric"));
+    assert_eq!(
+        by_id("my-suite/weird-metric").error_kind,
+        Some("unknown-metric")
+    );
     assert_eq!(by_id("my-suite/bad-answer").error_kind, Some("bad-answer"));
     assert_eq!(by_id("my-suite/build").error_kind, Some("no-metric"));
     let a = &scored.aggregate;
@@ -104,8 +138,14 @@ fn listed_validated_and_scored() {
     assert_eq!(a.mean, 2.0 / 6.0);
 
     // Prompts: the suite's extra instructions are rendered.
-    let p = Prompts::builtin().render(suite.task("my-suite/pairs").unwrap(), &suite.def).unwrap();
-    assert!(p.user.contains("- Use pandas.") && p.user.contains("@mean[value] @max[value]"), "{}", p.user);
+    let p = Prompts::builtin()
+        .render(suite.task("my-suite/pairs").unwrap(), &suite.def)
+        .unwrap();
+    assert!(
+        p.user.contains("- Use pandas.") && p.user.contains("@mean[value] @max[value]"),
+        "{}",
+        p.user
+    );
 }
 
 #[test]
@@ -115,7 +155,11 @@ fn custom_prompt_templates_and_overrides() {
     write_suite(&dir);
     let entry = ENTRY.replace("[prompt]", "[prompt]\nuser_template = \"my-user.j2\"");
     std::fs::write(dir.join("my-suite.toml"), entry).unwrap();
-    std::fs::write(dir.join("my-user.j2"), "Q: {{ question }} ({{ data_paths | length }} file)").unwrap();
+    std::fs::write(
+        dir.join("my-user.j2"),
+        "Q: {{ question }} ({{ data_paths | length }} file)",
+    )
+    .unwrap();
     reg.add_user_dir(&dir).unwrap();
     let suite = reg.load("my-suite").unwrap();
     let task = suite.task("my-suite/mean").unwrap();
@@ -129,13 +173,18 @@ fn custom_prompt_templates_and_overrides() {
     std::fs::write(prompts.join("instructions/analysis.j2"), "- Be brief.").unwrap();
     let starter = reg.load("starter").unwrap();
     let t = &starter.tasks[0];
-    let p = Prompts::with_override_dir(Some(prompts)).render(t, &starter.def).unwrap();
+    let p = Prompts::with_override_dir(Some(prompts))
+        .render(t, &starter.def)
+        .unwrap();
     assert_eq!(p.system, "SYSTEM for starter\n");
     assert!(p.user.contains("INSTRUCTIONS:\n- Be brief."), "{}", p.user);
 
     // A broken template is an error naming it.
     std::fs::write(dir.join("my-user.j2"), "{% if %}").unwrap();
-    let err = Prompts::builtin().render(task, &suite.def).unwrap_err().to_string();
+    let err = Prompts::builtin()
+        .render(task, &suite.def)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("my-user.j2"), "{err}");
 }
 

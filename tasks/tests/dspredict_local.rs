@@ -33,8 +33,16 @@ fn setup(dir: &Path) -> SuiteRegistry {
         "toy-rmse": {"public_scores": rmse, "private_scores": [], "public_mean": 5.0, "public_median": 5.0, "private_mean": 0, "private_median": 0, "total_submissions": 99},
         "toy-unknown-metric": {"public_scores": [0.9, 0.1], "private_scores": [0.8, 0.2], "total_submissions": 2}
     });
-    std::fs::write(dir.join("leaderboard/toy_leaderboard_stats_2026-01-01.json"), boards.to_string()).unwrap();
-    std::fs::write(dir.join("answers/toy-accuracy.csv"), "id,label,Usage\n1,a,Public\n2,b,Private\n3,a,Public\n4,b,Private\n").unwrap();
+    std::fs::write(
+        dir.join("leaderboard/toy_leaderboard_stats_2026-01-01.json"),
+        boards.to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("answers/toy-accuracy.csv"),
+        "id,label,Usage\n1,a,Public\n2,b,Private\n3,a,Public\n4,b,Private\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("answers/toy-rmse.csv"), "id,y\n1,1.0\n2,2.0\n").unwrap();
     std::fs::write(
         dir.join("toy.toml"),
@@ -54,7 +62,13 @@ fn submissions_are_scored_locally_and_placed() {
     assert_eq!(suite.tasks.len(), 4);
     let acc = suite.task("toy/toy-accuracy").unwrap();
     assert_eq!(acc.metric.params["local_metric"], "accuracy");
-    assert!(acc.data[0].host.as_ref().unwrap().ends_with("data/toy-accuracy"));
+    assert!(
+        acc.data[0]
+            .host
+            .as_ref()
+            .unwrap()
+            .ends_with("data/toy-accuracy")
+    );
     let m = Metric::for_task(acc).unwrap();
 
     // 3 of 4 right → 0.75; rows in another order, extra column ignored.
@@ -62,7 +76,10 @@ fn submissions_are_scored_locally_and_placed() {
     std::fs::write(&sub, "label,id,notes\nb,4,x\na,3,x\na,2,x\na,1,x\n").unwrap();
     let s = m.score(sub.to_str().unwrap(), acc).unwrap();
     let lb = s.leaderboard.as_ref().unwrap();
-    assert_eq!((lb.score, lb.source.as_str(), lb.board.as_str()), (0.75, "local", "public"));
+    assert_eq!(
+        (lb.score, lb.source.as_str(), lb.board.as_str()),
+        (0.75, "local", "public")
+    );
     let p = lb.primary().unwrap();
     // Board 1.00, 0.99, ... : 25 entries are better than 0.75 (1.00 .. 0.76), one ties.
     assert_eq!(p.rank, 26);
@@ -73,7 +90,10 @@ fn submissions_are_scored_locally_and_placed() {
     // Lower is better: RMSE of (1.5, 2.5) against (1, 2) is 0.5 → rank 5 of 100, gold.
     let rm = suite.task("toy/toy-rmse").unwrap();
     std::fs::write(&sub, "id,y\n1,1.5\n2,2.5\n").unwrap();
-    let s = Metric::for_task(rm).unwrap().score(sub.to_str().unwrap(), rm).unwrap();
+    let s = Metric::for_task(rm)
+        .unwrap()
+        .score(sub.to_str().unwrap(), rm)
+        .unwrap();
     let p = s.leaderboard.as_ref().unwrap().primary().unwrap().clone();
     assert_eq!(s.leaderboard.as_ref().unwrap().score, 0.5);
     assert!(!p.higher_is_better);
@@ -108,19 +128,37 @@ fn bad_submissions_are_not_evaluable_with_the_reason() {
     // No local metric known for the competition: a clear reason, not a guess.
     let unknown = suite.task("toy/toy-unknown-metric").unwrap();
     std::fs::write(&sub, "id,label\n").unwrap();
-    let err = Metric::for_task(unknown).unwrap().score(sub.to_str().unwrap(), unknown).unwrap_err();
+    let err = Metric::for_task(unknown)
+        .unwrap()
+        .score(sub.to_str().unwrap(), unknown)
+        .unwrap_err();
     assert!(err.to_string().contains("local_metric"), "{err}");
     // No answer file.
     std::fs::remove_file(tmp.path().join("answers/toy-rmse.csv")).unwrap();
     let rm = suite.task("toy/toy-rmse").unwrap();
     std::fs::write(&sub, "id,y\n1,1\n2,2\n").unwrap();
-    let err = Metric::for_task(rm).unwrap().score(sub.to_str().unwrap(), rm).unwrap_err();
+    let err = Metric::for_task(rm)
+        .unwrap()
+        .score(sub.to_str().unwrap(), rm)
+        .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
     // Validate reports the competition that has no board.
     let problems = suite.validate();
-    assert!(problems.iter().any(|p| p.task_id == "toy/toy-no-board" && p.kind == ProblemKind::Leaderboard), "{problems:?}");
-    assert!(problems.iter().any(|p| p.task_id == "toy/toy-no-board" && p.kind == ProblemKind::MissingData));
-    assert!(!problems.iter().any(|p| p.task_id == "toy/toy-accuracy"), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.task_id == "toy/toy-no-board" && p.kind == ProblemKind::Leaderboard),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.task_id == "toy/toy-no-board" && p.kind == ProblemKind::MissingData)
+    );
+    assert!(
+        !problems.iter().any(|p| p.task_id == "toy/toy-accuracy"),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -128,11 +166,21 @@ fn an_answer_file_inside_the_mounted_directory_is_flagged() {
     let tmp = tempfile::tempdir().unwrap();
     let reg = setup(tmp.path());
     // Point the answers at the competition directory that the sandbox sees.
-    let entry = std::fs::read_to_string(tmp.path().join("toy.toml")).unwrap().replace("answers_dir = \"answers\"", "answers_dir = \"data/toy-rmse\"");
+    let entry = std::fs::read_to_string(tmp.path().join("toy.toml"))
+        .unwrap()
+        .replace(
+            "answers_dir = \"answers\"",
+            "answers_dir = \"data/toy-rmse\"",
+        );
     std::fs::write(tmp.path().join("toy.toml"), entry).unwrap();
     drop(reg);
     let mut reg = SuiteRegistry::builtin(DataRoot::at(tmp.path().join("none"))).unwrap();
     reg.add_user_dir(tmp.path()).unwrap();
     let problems = reg.load("toy").unwrap().validate();
-    assert!(problems.iter().any(|p| p.task_id == "toy/toy-rmse" && p.kind == ProblemKind::AnswerExposed), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.task_id == "toy/toy-rmse" && p.kind == ProblemKind::AnswerExposed),
+        "{problems:?}"
+    );
 }

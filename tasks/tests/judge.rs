@@ -15,7 +15,10 @@ struct FakeJudge<F: Fn(&JudgeRequest) -> Result<String, JudgeError> + Send + Syn
 
 impl<F: Fn(&JudgeRequest) -> Result<String, JudgeError> + Send + Sync> FakeJudge<F> {
     fn new(reply: F) -> Self {
-        FakeJudge { reply, asked: Mutex::new(Vec::new()) }
+        FakeJudge {
+            reply,
+            asked: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -50,7 +53,10 @@ async fn llm_score_reads_the_verdict_line() {
         ("## The final answer is: true", 0.0),
     ] {
         let judge = FakeJudge::new(move |_| Ok(reply.to_owned()));
-        let s = m.score_with_judge("Treatment spends 10% more.", &t, &judge).await.unwrap();
+        let s = m
+            .score_with_judge("Treatment spends 10% more.", &t, &judge)
+            .await
+            .unwrap();
         assert_eq!(s.value, want, "{reply:?}");
         let asked = judge.asked.lock().unwrap();
         assert_eq!(asked.len(), 1);
@@ -78,14 +84,24 @@ async fn equivalence_without_a_verdict_is_an_error() {
     assert_eq!(m.score_with_judge("41", &t, &yes).await.unwrap().value, 1.0);
     assert!(yes.asked.lock().unwrap()[0].user.contains("below 5%"));
     let vague = FakeJudge::new(|_| Ok("Probably equivalent.".into()));
-    assert_eq!(m.score_with_judge("41", &t, &vague).await.unwrap_err().kind(), "judge-reply");
+    assert_eq!(
+        m.score_with_judge("41", &t, &vague)
+            .await
+            .unwrap_err()
+            .kind(),
+        "judge-reply"
+    );
 }
 
 #[tokio::test]
 async fn sync_metrics_do_not_call_the_judge() {
     let t = task("exact_match", "42");
     let judge = FakeJudge::new(|_| panic!("must not be called"));
-    let s = Metric::for_task(&t).unwrap().score_with_judge("42.0", &t, &judge).await.unwrap();
+    let s = Metric::for_task(&t)
+        .unwrap()
+        .score_with_judge("42.0", &t, &judge)
+        .await
+        .unwrap();
     assert_eq!(s.value, 1.0);
 }
 
@@ -110,7 +126,9 @@ fn hms_reply(req: &JudgeRequest) -> Result<String, JudgeError> {
         return Ok("{\"match\": false}".into());
     }
     if u.contains("sizeA") {
-        return Ok("{\"sizeA\": 2, \"sizeB\": 2, \"intersection\": 1, \"explanation\": \"spend\"}".into());
+        return Ok(
+            "{\"sizeA\": 2, \"sizeB\": 2, \"intersection\": 1, \"explanation\": \"spend\"}".into(),
+        );
     }
     if u.contains("very similar") {
         return Ok("Sure: {\"answer\": \"B) similar but general than HypoA\"}".into());
@@ -123,7 +141,10 @@ async fn hms_score_from_judged_parts() {
     let t = task("hms_score", "GOLD HYPOTHESIS: treatment spends more");
     let m = Metric::for_task(&t).unwrap();
     let judge = FakeJudge::new(hms_reply);
-    let s = m.score_with_judge("treatment spends more, elsewhere nothing", &t, &judge).await.unwrap();
+    let s = m
+        .score_with_judge("treatment spends more, elsewhere nothing", &t, &judge)
+        .await
+        .unwrap();
     // recall 1/2 × (pair score 0.5 F1 × 0.5 relation) / 2 predicted = 0.0625
     assert_eq!(s.value, 0.0625);
     assert_eq!(s.details["recall_context"], 0.5);
@@ -131,7 +152,12 @@ async fn hms_score_from_judged_parts() {
     let asked = judge.asked.lock().unwrap();
     // 2 splits + 1 judged context (p2 vs g2; p1/g1 match textually, p2 vs g1 is covered)
     // + var + rel for the one pair.
-    assert_eq!(asked.len(), 5, "{:#?}", asked.iter().map(|r| &r.user[..60]).collect::<Vec<_>>());
+    assert_eq!(
+        asked.len(),
+        5,
+        "{:#?}",
+        asked.iter().map(|r| &r.user[..60]).collect::<Vec<_>>()
+    );
     assert!(asked.iter().all(|r| r.json));
     assert!(asked[0].user.contains("an A/B test"));
 }
@@ -152,10 +178,19 @@ async fn hms_unsplittable_hypotheses_are_compared_whole() {
             "I cannot do that.".into()
         })
     });
-    assert_eq!(m.score_with_judge("pred", &t, &judge).await.unwrap().value, 1.0);
+    assert_eq!(
+        m.score_with_judge("pred", &t, &judge).await.unwrap().value,
+        1.0
+    );
     // A judge that answers nothing usable is an error, not a made-up score.
     let useless = FakeJudge::new(|_| Ok("I cannot do that.".into()));
-    assert_eq!(m.score_with_judge("pred", &t, &useless).await.unwrap_err().kind(), "judge-reply");
+    assert_eq!(
+        m.score_with_judge("pred", &t, &useless)
+            .await
+            .unwrap_err()
+            .kind(),
+        "judge-reply"
+    );
     // A broken relation reply on a matched pair is an error, not a made-up score.
     let judge = FakeJudge::new(|r: &JudgeRequest| {
         if r.user.contains("\"sub_hypo\"") {
@@ -166,7 +201,13 @@ async fn hms_unsplittable_hypotheses_are_compared_whole() {
             Ok("no idea".into())
         }
     });
-    assert_eq!(m.score_with_judge("pred", &t, &judge).await.unwrap_err().kind(), "judge-reply");
+    assert_eq!(
+        m.score_with_judge("pred", &t, &judge)
+            .await
+            .unwrap_err()
+            .kind(),
+        "judge-reply"
+    );
 }
 
 #[tokio::test]
@@ -178,13 +219,24 @@ async fn a_suite_scored_with_a_judge() {
     )
     .unwrap();
     std::fs::write(tmp.path().join("j.toml"), "name = \"judged\"\nformat = \"dsbox\"\nfiles = [\"t.jsonl\"]\nmetric = { name = \"llm_score\" }\n").unwrap();
-    let mut reg = dsbox_tasks::SuiteRegistry::builtin(dsbox_tasks::DataRoot::at(tmp.path().join("none"))).unwrap();
+    let mut reg =
+        dsbox_tasks::SuiteRegistry::builtin(dsbox_tasks::DataRoot::at(tmp.path().join("none")))
+            .unwrap();
     reg.add_user_dir(tmp.path()).unwrap();
     let suite = reg.load("judged").unwrap();
     let preds_path = tmp.path().join("p.jsonl");
     std::fs::write(&preds_path, "{\"id\": \"judged/a\", \"prediction\": \"yes\"}\n{\"id\": \"judged/c\", \"prediction\": \"X\"}\n").unwrap();
     let preds = Predictions::read(&preds_path).unwrap();
-    let judge = FakeJudge::new(|r: &JudgeRequest| Ok(format!("## The final answer is: {}", if r.user.contains("q1") { "True" } else { "False" })));
+    let judge = FakeJudge::new(|r: &JudgeRequest| {
+        Ok(format!(
+            "## The final answer is: {}",
+            if r.user.contains("q1") {
+                "True"
+            } else {
+                "False"
+            }
+        ))
+    });
     let scored = dsbox_tasks::score_suite_with_judge(&suite, &preds, Scope::AllTasks, &judge).await;
     let scores: Vec<Option<f64>> = scored.rows.iter().map(|r| r.score).collect();
     assert_eq!(scores, [Some(1.0), Some(0.0), Some(1.0)]);

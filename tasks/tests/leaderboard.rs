@@ -5,7 +5,11 @@ use dsbox_tasks::Medal;
 use dsbox_tasks::leaderboard::{BoardStats, LeaderboardResult, MedalCutoffs, medal_cutoffs, place};
 
 fn cut(gold: usize, silver: usize, bronze: usize) -> MedalCutoffs {
-    MedalCutoffs { gold, silver, bronze }
+    MedalCutoffs {
+        gold,
+        silver,
+        bronze,
+    }
 }
 
 #[test]
@@ -41,7 +45,11 @@ fn score_at_rank(b: &[f64], rank: usize) -> f64 {
 
 /// A score just behind the entry at `rank` (so its rank is `rank + 1`).
 fn score_after_rank(b: &[f64], rank: usize, higher_is_better: bool) -> f64 {
-    if higher_is_better { b[rank - 1] - 0.5 } else { b[rank - 1] + 0.5 }
+    if higher_is_better {
+        b[rank - 1] - 0.5
+    } else {
+        b[rank - 1] + 0.5
+    }
 }
 
 #[test]
@@ -56,7 +64,11 @@ fn medals_flip_exactly_at_the_cutoffs_for_each_table_row() {
                 (c.bronze, Medal::Bronze, Medal::None),
             ] {
                 let at = place(&b, score_at_rank(&b, rank));
-                assert_eq!((at.rank, at.total, at.medal), (rank, t, medal), "T={t} higher={higher} rank {rank}");
+                assert_eq!(
+                    (at.rank, at.total, at.medal),
+                    (rank, t, medal),
+                    "T={t} higher={higher} rank {rank}"
+                );
                 let after = place(&b, score_after_rank(&b, rank, higher));
                 assert_eq!(after.rank, rank + 1);
                 // One place behind a cut-off is the next medal (cut-offs differ at these T).
@@ -82,7 +94,10 @@ fn the_three_boundaries_change_the_gold_cutoff() {
     let b1000 = board(999, true);
     assert_eq!(place(&b1000, score_at_rank(&b1000, 101)).medal, Medal::None);
     let b1001 = board(1000, true);
-    assert_eq!(place(&b1001, score_at_rank(&b1001, 101)).medal, Medal::Bronze);
+    assert_eq!(
+        place(&b1001, score_at_rank(&b1001, 101)).medal,
+        Medal::Bronze
+    );
 }
 
 #[test]
@@ -125,7 +140,10 @@ fn flat_and_empty_boards() {
     assert_eq!(place(&flat, 0.5).percentile, 0.0);
     // The reference's rule for an empty board.
     let e = place(&[], 3.0);
-    assert_eq!((e.rank, e.medal, e.percentile, e.above_median), (1, Medal::Gold, 100.0, true));
+    assert_eq!(
+        (e.rank, e.medal, e.percentile, e.above_median),
+        (1, Medal::Gold, 100.0, true)
+    );
 }
 
 #[test]
@@ -143,8 +161,20 @@ fn private_board_is_the_headline_when_present() {
     assert_eq!(r.board, "private");
     assert_eq!(r.primary().unwrap().rank, 2);
     assert_eq!(r.public.as_ref().unwrap().rank, 2);
-    let public_only = BoardStats { private_scores: vec![], ..stats.clone() };
-    assert_eq!(LeaderboardResult::new("c", 0.86, "given", &public_only).unwrap().board, "public");
-    let none = BoardStats { private_scores: vec![], public_scores: vec![], ..stats };
+    let public_only = BoardStats {
+        private_scores: vec![],
+        ..stats.clone()
+    };
+    assert_eq!(
+        LeaderboardResult::new("c", 0.86, "given", &public_only)
+            .unwrap()
+            .board,
+        "public"
+    );
+    let none = BoardStats {
+        private_scores: vec![],
+        public_scores: vec![],
+        ..stats
+    };
     assert!(LeaderboardResult::new("c", 0.86, "given", &none).is_none());
 }

@@ -107,7 +107,9 @@ fn py_value() -> impl Strategy<Value = PyValue> {
         Just(PyValue::None),
         any::<bool>().prop_map(PyValue::Bool),
         any::<i64>().prop_map(|i| PyValue::Int(i.to_string())),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(PyValue::Float),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(PyValue::Float),
         "\\PC{0,8}".prop_map(PyValue::Str),
         "[\\x00-\\x1f'\"\\\\ a-z\u{e9}\u{2028}\u{1F600}]{0,8}".prop_map(PyValue::Str),
     ];
@@ -115,7 +117,14 @@ fn py_value() -> impl Strategy<Value = PyValue> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(PyValue::List),
             prop::collection::vec(inner.clone(), 0..4).prop_map(PyValue::Tuple),
-            prop::collection::vec((any::<i32>().prop_map(|i| PyValue::Int(i.to_string())), inner), 0..3).prop_map(PyValue::Dict),
+            prop::collection::vec(
+                (
+                    any::<i32>().prop_map(|i| PyValue::Int(i.to_string())),
+                    inner
+                ),
+                0..3
+            )
+            .prop_map(PyValue::Dict),
         ]
     })
 }

@@ -8,7 +8,11 @@ use dsbox_tasks::Task;
 use serde_json::{Value, json};
 
 fn schema() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/task.schema.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schema/task.schema.json"
+    ))
+    .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -29,11 +33,22 @@ fn schema_properties_are_the_record_fields() {
     let s = schema();
     assert_eq!(keys(&record), keys(&s["properties"]));
     assert_eq!(s["required"], json!(["question"]));
-    assert_eq!(s["properties"]["track"]["enum"], json!(["analysis", "prediction"]));
+    assert_eq!(
+        s["properties"]["track"]["enum"],
+        json!(["analysis", "prediction"])
+    );
     let data_item = &s["properties"]["data"]["items"]["oneOf"][1];
     assert_eq!(keys(&record["data"][0]), keys(&data_item["properties"]));
-    assert_eq!(keys(&record["metric"]), keys(&s["properties"]["metric"]["properties"]));
-    let names: Vec<&str> = s["properties"]["metric"]["properties"]["name"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(
+        keys(&record["metric"]),
+        keys(&s["properties"]["metric"]["properties"])
+    );
+    let names: Vec<&str> = s["properties"]["metric"]["properties"]["name"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(names, dsbox_tasks::metric::METRIC_NAMES);
     // The record round-trips.
     assert_eq!(serde_json::from_value::<Task>(record).unwrap(), full);
@@ -43,9 +58,16 @@ fn schema_properties_are_the_record_fields() {
 fn minimal_records_load_and_typos_are_rejected() {
     let t: Task = serde_json::from_value(json!({"question": "q"})).unwrap();
     assert_eq!(t.metric.name, "exact_match");
-    let err = serde_json::from_value::<Task>(json!({"question": "q", "anwser": "1"})).unwrap_err().to_string();
+    let err = serde_json::from_value::<Task>(json!({"question": "q", "anwser": "1"}))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("anwser"), "{err}");
-    assert!(serde_json::from_value::<Task>(json!({"question": "q", "metric": {"name": "x", "param": {}}})).is_err());
+    assert!(
+        serde_json::from_value::<Task>(
+            json!({"question": "q", "metric": {"name": "x", "param": {}}})
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -56,6 +78,12 @@ fn starter_records_fit_the_schema_shape() {
     for t in reg.load("starter").unwrap().tasks {
         let v = serde_json::to_value(&t).unwrap();
         assert!(keys(&v).is_subset(&allowed));
-        assert!(v["data"].as_array().unwrap().iter().all(|d| d["path"].as_str().unwrap().starts_with("/data/")));
+        assert!(
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["path"].as_str().unwrap().starts_with("/data/"))
+        );
     }
 }

@@ -11,13 +11,22 @@ use dsbox_tasks::metric::text::parse_truth_pairs;
 use dsbox_tasks::{Metric, Prompts, Task};
 
 fn score(task: &Task, prediction: &str) -> f64 {
-    Metric::for_task(task).unwrap().score(prediction, task).unwrap().value
+    Metric::for_task(task)
+        .unwrap()
+        .score(prediction, task)
+        .unwrap()
+        .value
 }
 
 fn as_prediction(task: &Task) -> String {
     let truth = task.answer_text().unwrap();
     if task.metric.name == "list_match" {
-        parse_truth_pairs(&truth).unwrap().iter().map(|(n, v)| format!("@{n}[{v}]")).collect::<Vec<_>>().join(" ")
+        parse_truth_pairs(&truth)
+            .unwrap()
+            .iter()
+            .map(|(n, v)| format!("@{n}[{v}]"))
+            .collect::<Vec<_>>()
+            .join(" ")
     } else {
         truth
     }
@@ -28,13 +37,20 @@ fn loads_without_a_data_root_and_validates_clean() {
     let (reg, _tmp) = common::registry_without_data();
     assert!(reg.data_root().require().is_err());
     let suite = reg.load("starter").unwrap();
-    assert!((8..=12).contains(&suite.tasks.len()), "{}", suite.tasks.len());
+    assert!(
+        (8..=12).contains(&suite.tasks.len()),
+        "{}",
+        suite.tasks.len()
+    );
     assert!(suite.validate().is_empty(), "{:?}", suite.validate());
     let metrics: BTreeMap<&str, usize> = suite.tasks.iter().fold(BTreeMap::new(), |mut m, t| {
         *m.entry(t.metric.name.as_str()).or_default() += 1;
         m
     });
-    assert!(metrics["list_match"] >= 2 && metrics["exact_match"] >= 6, "{metrics:?}");
+    assert!(
+        metrics["list_match"] >= 2 && metrics["exact_match"] >= 6,
+        "{metrics:?}"
+    );
     for task in &suite.tasks {
         assert!(task.id.starts_with("starter/"));
         assert_eq!(score(task, &as_prediction(task)), 1.0, "{}", task.id);
@@ -61,7 +77,11 @@ fn data_is_written_once_and_repaired_when_damaged() {
     let original = std::fs::read(&sales).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     reg.load("starter").unwrap();
-    assert_eq!(std::fs::metadata(&sales).unwrap().modified().unwrap(), before, "unchanged file rewritten");
+    assert_eq!(
+        std::fs::metadata(&sales).unwrap().modified().unwrap(),
+        before,
+        "unchanged file rewritten"
+    );
     std::fs::write(&sales, "month,region\n").unwrap();
     reg.load("starter").unwrap();
     assert_eq!(std::fs::read(&sales).unwrap(), original);
@@ -80,14 +100,25 @@ fn unwritable_cache_is_a_clear_error() {
     std::fs::write(&file, "x").unwrap();
     reg.set_starter_dir(file.join("sub"));
     let err = reg.load("starter").unwrap_err().to_string();
-    assert!(err.contains("cannot write the starter data") && err.contains("DSBOX_STARTER_DIR"), "{err}");
+    assert!(
+        err.contains("cannot write the starter data") && err.contains("DSBOX_STARTER_DIR"),
+        "{err}"
+    );
 }
 
 fn read_csv(path: &std::path::Path) -> Vec<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    lines.map(|l| header.iter().map(|h| h.to_string()).zip(l.split(',').map(str::to_owned)).collect()).collect()
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .map(|h| h.to_string())
+                .zip(l.split(',').map(str::to_owned))
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -96,26 +127,52 @@ fn answers_match_a_computation_from_the_csv_files_in_rust() {
     let suite = reg.load("starter").unwrap();
     let dir = suite.data_dir.join("starter");
     let sales = read_csv(&dir.join("sales.csv"));
-    let total: f64 = sales.iter().map(|r| r["revenue"].parse::<f64>().unwrap()).sum();
-    assert_eq!(score(suite.task("starter/total-revenue").unwrap(), &format!("{total:.2}")), 1.0);
+    let total: f64 = sales
+        .iter()
+        .map(|r| r["revenue"].parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(
+        score(
+            suite.task("starter/total-revenue").unwrap(),
+            &format!("{total:.2}")
+        ),
+        1.0
+    );
     // revenue = units × unit_price on every row.
     for r in &sales {
-        let (u, p, rev): (f64, f64, f64) = (r["units"].parse().unwrap(), r["unit_price"].parse().unwrap(), r["revenue"].parse().unwrap());
+        let (u, p, rev): (f64, f64, f64) = (
+            r["units"].parse().unwrap(),
+            r["unit_price"].parse().unwrap(),
+            r["revenue"].parse().unwrap(),
+        );
         assert!((u * p - rev).abs() < 0.005, "{r:?}");
     }
     let mut by_region: BTreeMap<&str, f64> = BTreeMap::new();
     for r in &sales {
         *by_region.entry(r["region"].as_str()).or_default() += r["revenue"].parse::<f64>().unwrap();
     }
-    let top = by_region.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    let top = by_region
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
     assert_eq!(score(suite.task("starter/top-region").unwrap(), top), 1.0);
     let visits = read_csv(&dir.join("visits.csv"));
     assert_eq!(visits.len(), 366);
-    let busy = visits.iter().filter(|r| r["visits"].parse::<i64>().unwrap() > 1000).count();
-    assert_eq!(score(suite.task("starter/busy-days").unwrap(), &busy.to_string()), 1.0);
+    let busy = visits
+        .iter()
+        .filter(|r| r["visits"].parse::<i64>().unwrap() > 1000)
+        .count();
+    assert_eq!(
+        score(suite.task("starter/busy-days").unwrap(), &busy.to_string()),
+        1.0
+    );
     let exp = read_csv(&dir.join("experiment.csv"));
     assert_eq!(exp.len(), 600);
-    assert!(exp.iter().all(|r| (r["converted"] == "1") == (r["spend"] != "0.00")));
+    assert!(
+        exp.iter()
+            .all(|r| (r["converted"] == "1") == (r["spend"] != "0.00"))
+    );
 }
 
 /// An independent implementation of every answer with Python's standard library.
@@ -157,7 +214,12 @@ fn answers_match_an_independent_python_computation() {
     let (reg, _tmp) = common::registry_without_data();
     let suite = reg.load("starter").unwrap();
     let dir = suite.data_dir.join("starter");
-    let output = match Command::new("python3").arg("-c").arg(PY_ANSWERS).arg(&dir).output() {
+    let output = match Command::new("python3")
+        .arg("-c")
+        .arg(PY_ANSWERS)
+        .arg(&dir)
+        .output()
+    {
         Ok(o) if o.status.success() => o,
         Ok(o) => panic!("python failed: {}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => {
@@ -170,7 +232,13 @@ fn answers_match_an_independent_python_computation() {
     for task in &suite.tasks {
         let slug = task.id.trim_start_matches("starter/");
         let python = &answers[slug];
-        assert_eq!(score(task, python), 1.0, "{}: python says {python}, dsbox says {:?}", task.id, task.answer_text());
+        assert_eq!(
+            score(task, python),
+            1.0,
+            "{}: python says {python}, dsbox says {:?}",
+            task.id,
+            task.answer_text()
+        );
     }
 }
 
@@ -182,8 +250,18 @@ fn prompts_render_the_reference_sections() {
     for task in &suite.tasks {
         let p = prompts.render(task, &suite.def).unwrap();
         assert!(p.system.contains("<python>") && p.system.contains("<answer>"));
-        for section in ["QUESTION:", "DATASET INFORMATION:", "DATASET LOCATIONS:", "INSTRUCTIONS:"] {
-            assert!(p.user.contains(section), "{}: no {section}\n{}", task.id, p.user);
+        for section in [
+            "QUESTION:",
+            "DATASET INFORMATION:",
+            "DATASET LOCATIONS:",
+            "INSTRUCTIONS:",
+        ] {
+            assert!(
+                p.user.contains(section),
+                "{}: no {section}\n{}",
+                task.id,
+                p.user
+            );
         }
         assert!(p.user.contains(&task.question));
         assert!(p.user.contains(&task.data[0].path));

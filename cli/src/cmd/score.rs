@@ -37,7 +37,11 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn run_with(args: ScoreArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub fn run_with(
+    args: ScoreArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let reg = args.source.registry()?;
     let suite = reg.load(&args.suite)?;
     let preds = Predictions::read(&args.predictions)?;
@@ -50,10 +54,17 @@ pub fn run_with(args: ScoreArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
             unknown.len(),
             suite.def.name,
             shown.join(", "),
-            suite.tasks.first().map_or("<suite>/<id>", |t| t.id.as_str()),
+            suite
+                .tasks
+                .first()
+                .map_or("<suite>/<id>", |t| t.id.as_str()),
         );
     }
-    let scope = if args.only_predicted { Scope::Predicted } else { Scope::AllTasks };
+    let scope = if args.only_predicted {
+        Scope::Predicted
+    } else {
+        Scope::AllTasks
+    };
     let scored = score_suite(&suite, &preds, scope);
     if args.source.json {
         serde_json::to_writer_pretty(&mut *out, &scored)?;
@@ -78,7 +89,11 @@ fn note(row: &TaskScore) -> String {
     if row.missing {
         return "missing prediction".to_owned();
     }
-    if let Some((lb, p)) = row.leaderboard.as_ref().and_then(|l| l.primary().map(|p| (l, p))) {
+    if let Some((lb, p)) = row
+        .leaderboard
+        .as_ref()
+        .and_then(|l| l.primary().map(|p| (l, p)))
+    {
         return format!(
             "score {} ({}) → rank {}/{} on the {} board, medal {}, percentile {:.1}{}",
             lb.score,
@@ -109,7 +124,13 @@ fn write_table(s: &SuiteScore, out: &mut dyn Write) -> io::Result<()> {
     let width = s.rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
     writeln!(out, "{:<width$}  {:>6}  note", "id", "score")?;
     for row in &s.rows {
-        writeln!(out, "{:<width$}  {:>6}  {}", row.id, fmt_opt(row.score), note(row))?;
+        writeln!(
+            out,
+            "{:<width$}  {:>6}  {}",
+            row.id,
+            fmt_opt(row.score),
+            note(row)
+        )?;
     }
     let a = &s.aggregate;
     writeln!(out)?;
@@ -179,12 +200,33 @@ mod tests {
         )
         .unwrap();
         let p = preds.display().to_string();
-        let (code, out, _) = score(tmp.path(), &["--suite", "starter", "--predictions", &p]).unwrap();
+        let (code, out, _) =
+            score(tmp.path(), &["--suite", "starter", "--predictions", &p]).unwrap();
         assert_eq!(code, ExitCode::SUCCESS);
-        assert!(out.contains("starter/top-region                1.000"), "{out}");
-        assert!(out.contains("starter/peak-day                  0.000  missing prediction"), "{out}");
-        assert!(out.contains("suite starter: 12 task(s), mean 0.0833"), "{out}");
-        let (_, out, _) = score(tmp.path(), &["--suite", "starter", "--predictions", &p, "--json", "--only-predicted"]).unwrap();
+        assert!(
+            out.contains("starter/top-region                1.000"),
+            "{out}"
+        );
+        assert!(
+            out.contains("starter/peak-day                  0.000  missing prediction"),
+            "{out}"
+        );
+        assert!(
+            out.contains("suite starter: 12 task(s), mean 0.0833"),
+            "{out}"
+        );
+        let (_, out, _) = score(
+            tmp.path(),
+            &[
+                "--suite",
+                "starter",
+                "--predictions",
+                &p,
+                "--json",
+                "--only-predicted",
+            ],
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["aggregate"]["count"], 2);
         assert_eq!(v["aggregate"]["mean"], 0.5);
@@ -198,29 +240,77 @@ mod tests {
         let preds = tmp.path().join("p.jsonl");
         std::fs::write(&preds, "{\"id\": \"qrdata/0\", \"prediction\": \"1\"}\n").unwrap();
         let p = preds.display().to_string();
-        let err = score(tmp.path(), &["--suite", "starter", "--predictions", &p]).err().unwrap().to_string();
-        assert!(err.contains("not tasks of suite `starter` (e.g. qrdata/0)"), "{err}");
+        let err = score(tmp.path(), &["--suite", "starter", "--predictions", &p])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("not tasks of suite `starter` (e.g. qrdata/0)"),
+            "{err}"
+        );
         std::fs::write(&preds, "not json\n").unwrap();
-        let err = score(tmp.path(), &["--suite", "starter", "--predictions", &p]).err().unwrap().to_string();
+        let err = score(tmp.path(), &["--suite", "starter", "--predictions", &p])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("p.jsonl:1:"), "{err}");
-        let err = score(tmp.path(), &["--suite", "nope", "--predictions", &p]).err().unwrap().to_string();
+        let err = score(tmp.path(), &["--suite", "nope", "--predictions", &p])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("unknown suite `nope`"), "{err}");
     }
 
     #[test]
     fn dspredict_and_judge_notes() {
-        let Some(root) = super::super::tasks::tests::shared_data() else { return };
+        let Some(root) = super::super::tasks::tests::shared_data() else {
+            return;
+        };
         let tmp = tempfile::tempdir().unwrap();
         let preds = tmp.path().join("p.jsonl");
-        std::fs::write(&preds, "{\"id\": \"dspredict-easy/titanic\", \"prediction\": 0.8}\n").unwrap();
+        std::fs::write(
+            &preds,
+            "{\"id\": \"dspredict-easy/titanic\", \"prediction\": 0.8}\n",
+        )
+        .unwrap();
         let (root, p) = (root.display().to_string(), preds.display().to_string());
-        let (_, out, _) = score(tmp.path(), &["--data-root", &root, "--suite", "dspredict-easy", "--predictions", &p, "--only-predicted"]).unwrap();
+        let (_, out, _) = score(
+            tmp.path(),
+            &[
+                "--data-root",
+                &root,
+                "--suite",
+                "dspredict-easy",
+                "--predictions",
+                &p,
+                "--only-predicted",
+            ],
+        )
+        .unwrap();
         assert!(out.contains("score 0.8 (given) → rank"), "{out}");
         assert!(out.contains("medals: gold"), "{out}");
-        std::fs::write(&preds, "{\"id\": \"discoverybench/0\", \"prediction\": \"h\"}\n").unwrap();
-        let (code, out, err) = score(tmp.path(), &["--data-root", &root, "--suite", "discoverybench", "--predictions", &p]).unwrap();
+        std::fs::write(
+            &preds,
+            "{\"id\": \"discoverybench/0\", \"prediction\": \"h\"}\n",
+        )
+        .unwrap();
+        let (code, out, err) = score(
+            tmp.path(),
+            &[
+                "--data-root",
+                &root,
+                "--suite",
+                "discoverybench",
+                "--predictions",
+                &p,
+            ],
+        )
+        .unwrap();
         assert_eq!(code, ExitCode::SUCCESS);
-        assert!(out.contains("needs-judge: metric `llm_score` needs an LLM judge"), "{out}");
+        assert!(
+            out.contains("needs-judge: metric `llm_score` needs an LLM judge"),
+            "{out}"
+        );
         assert!(err.contains("1 task(s) use an LLM-judge metric"), "{err}");
     }
 }

@@ -41,7 +41,9 @@ impl SuiteSourceArgs {
             reg.set_starter_dir(dir);
         }
         match &self.suites_dir {
-            Some(dir) => reg.add_user_dir(dir).with_context(|| format!("loading suite entries from {}", dir.display()))?,
+            Some(dir) => reg
+                .add_user_dir(dir)
+                .with_context(|| format!("loading suite entries from {}", dir.display()))?,
             None => {
                 let dir = default_suites_dir();
                 if dir.is_dir() {
@@ -103,17 +105,30 @@ pub fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
 /// `head` closing the pipe is not an error worth a message.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-            || cause.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind) == Some(io::ErrorKind::BrokenPipe)
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(io::ErrorKind::BrokenPipe)
     })
 }
 
-pub fn run_with(args: TasksArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub fn run_with(
+    args: TasksArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let reg = args.source.registry()?;
     let json = args.source.json;
     match args.command {
         TasksCommand::List { suite } => list(&reg, suite.as_deref(), json, out, err),
-        TasksCommand::Show { id, prompt, prompts_dir } => show(&reg, &id, prompt, prompts_dir, json, out),
+        TasksCommand::Show {
+            id,
+            prompt,
+            prompts_dir,
+        } => show(&reg, &id, prompt, prompts_dir, json, out),
         TasksCommand::Validate { suite } => validate(&reg, suite.as_deref(), json, out, err),
         TasksCommand::Suites => suites(&reg, json, out, err),
     }
@@ -122,7 +137,11 @@ pub fn run_with(args: TasksArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
 /// The suites to work on: one by name, or all. When all are asked for and the data root
 /// is the unset default and missing, the DSGym suites are skipped with one note (a user
 /// without the DSGym data still gets the starter and their own suites).
-fn selected<'r>(reg: &'r SuiteRegistry, suite: Option<&str>, err: &mut dyn Write) -> anyhow::Result<Vec<&'r str>> {
+fn selected<'r>(
+    reg: &'r SuiteRegistry,
+    suite: Option<&str>,
+    err: &mut dyn Write,
+) -> anyhow::Result<Vec<&'r str>> {
     if let Some(name) = suite {
         reg.get(name)?;
         return Ok(vec![reg.get(name)?.name.as_str()]);
@@ -136,11 +155,20 @@ fn selected<'r>(reg: &'r SuiteRegistry, suite: Option<&str>, err: &mut dyn Write
             root.path.display()
         )?;
     }
-    Ok(reg.suites().iter().filter(|d| !(skip_dsgym && SuiteRegistry::needs_data_root(d))).map(|d| d.name.as_str()).collect())
+    Ok(reg
+        .suites()
+        .iter()
+        .filter(|d| !(skip_dsgym && SuiteRegistry::needs_data_root(d)))
+        .map(|d| d.name.as_str())
+        .collect())
 }
 
 fn one_line(text: &str, max: usize) -> String {
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     if line.chars().count() > max {
         format!("{}…", line.chars().take(max - 1).collect::<String>())
     } else {
@@ -160,7 +188,13 @@ fn summary_json(t: &Task) -> serde_json::Value {
     })
 }
 
-fn list(reg: &SuiteRegistry, suite: Option<&str>, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<ExitCode> {
+fn list(
+    reg: &SuiteRegistry,
+    suite: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let mut records = Vec::new();
     let mut failed = false;
     for name in selected(reg, suite, err)? {
@@ -184,7 +218,14 @@ fn list(reg: &SuiteRegistry, suite: Option<&str>, json: bool, out: &mut dyn Writ
             if json {
                 records.push(summary_json(t));
             } else {
-                writeln!(out, "{:<44} {:<10} {:<18} {}", t.id, t.track.to_string(), t.metric.name, one_line(&t.question, 90))?;
+                writeln!(
+                    out,
+                    "{:<44} {:<10} {:<18} {}",
+                    t.id,
+                    t.track.to_string(),
+                    t.metric.name,
+                    one_line(&t.question, 90)
+                )?;
             }
         }
     }
@@ -192,17 +233,31 @@ fn list(reg: &SuiteRegistry, suite: Option<&str>, json: bool, out: &mut dyn Writ
         serde_json::to_writer_pretty(&mut *out, &records)?;
         writeln!(out)?;
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn show(reg: &SuiteRegistry, id: &str, prompt: bool, prompts_dir: Option<PathBuf>, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+fn show(
+    reg: &SuiteRegistry,
+    id: &str,
+    prompt: bool,
+    prompts_dir: Option<PathBuf>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let (suite, task) = reg.find_task(id)?;
     let rendered = if prompt {
         let dir = prompts_dir.or_else(|| Some(default_prompts_dir()).filter(|d| d.is_dir()));
         if let Some(d) = &dir
             && !d.is_dir()
         {
-            anyhow::bail!("prompts directory {} does not exist; pass an existing directory to --prompts-dir", d.display());
+            anyhow::bail!(
+                "prompts directory {} does not exist; pass an existing directory to --prompts-dir",
+                d.display()
+            );
         }
         Some(Prompts::with_override_dir(dir).render(&task, &suite.def)?)
     } else {
@@ -219,7 +274,12 @@ fn show(reg: &SuiteRegistry, id: &str, prompt: bool, prompts_dir: Option<PathBuf
     }
     write_task(&task, out)?;
     if let Some(p) = rendered {
-        writeln!(out, "\n--- system prompt ---\n{}\n--- user prompt ---\n{}", p.system.trim_end(), p.user.trim_end())?;
+        writeln!(
+            out,
+            "\n--- system prompt ---\n{}\n--- user prompt ---\n{}",
+            p.system.trim_end(),
+            p.user.trim_end()
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -228,17 +288,28 @@ fn write_task(t: &Task, out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "id:        {}", t.id)?;
     writeln!(out, "suite:     {}", t.suite)?;
     writeln!(out, "track:     {}", t.track)?;
-    let params = if t.metric.params.is_empty() { String::new() } else { format!(" {}", serde_json::Value::Object(t.metric.params.clone())) };
+    let params = if t.metric.params.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", serde_json::Value::Object(t.metric.params.clone()))
+    };
     writeln!(out, "metric:    {}{params}", t.metric.name)?;
     for (i, d) in t.data.iter().enumerate() {
         let label = if i == 0 { "data:" } else { "" };
-        let host = d.host.as_ref().map_or_else(|| "no host path".to_owned(), |h| format!("host {}", h.display()));
+        let host = d.host.as_ref().map_or_else(
+            || "no host path".to_owned(),
+            |h| format!("host {}", h.display()),
+        );
         writeln!(out, "{label:<10} {} ({host})", d.path)?;
     }
     if let Some(s) = &t.submission {
         writeln!(out, "output:    {s}")?;
     }
-    writeln!(out, "answer:    {}", t.answer_text().unwrap_or_else(|| "(none)".into()))?;
+    writeln!(
+        out,
+        "answer:    {}",
+        t.answer_text().unwrap_or_else(|| "(none)".into())
+    )?;
     if let Some(g) = &t.answer_guideline {
         writeln!(out, "guideline: {}", one_line(g, 200))?;
     }
@@ -254,10 +325,19 @@ fn write_task(t: &Task, out: &mut dyn Write) -> io::Result<()> {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-fn validate(reg: &SuiteRegistry, suite: Option<&str>, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<ExitCode> {
+fn validate(
+    reg: &SuiteRegistry,
+    suite: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     struct Report {
         suite: String,
         tasks: usize,
@@ -269,10 +349,20 @@ fn validate(reg: &SuiteRegistry, suite: Option<&str>, json: bool, out: &mut dyn 
         let report = match reg.load(name) {
             Ok(loaded) => {
                 let problems = LoadedSuite::validate(&loaded);
-                Report { suite: name.to_owned(), tasks: loaded.tasks.len(), problems, error: None }
+                Report {
+                    suite: name.to_owned(),
+                    tasks: loaded.tasks.len(),
+                    problems,
+                    error: None,
+                }
             }
             Err(e @ TasksError::UnknownSuite { .. }) => return Err(e.into()),
-            Err(e) => Report { suite: name.to_owned(), tasks: 0, problems: Vec::new(), error: Some(e.to_string()) },
+            Err(e) => Report {
+                suite: name.to_owned(),
+                tasks: 0,
+                problems: Vec::new(),
+                error: Some(e.to_string()),
+            },
         };
         if !json {
             if let Some(e) = &report.error {
@@ -284,13 +374,19 @@ fn validate(reg: &SuiteRegistry, suite: Option<&str>, json: bool, out: &mut dyn 
         }
         reports.push(report);
     }
-    let total: usize = reports.iter().map(|r| r.problems.len() + usize::from(r.error.is_some())).sum();
+    let total: usize = reports
+        .iter()
+        .map(|r| r.problems.len() + usize::from(r.error.is_some()))
+        .sum();
     if json {
         let suites: Vec<_> = reports
             .iter()
             .map(|r| json!({"suite": r.suite, "tasks": r.tasks, "error": r.error, "problems": r.problems}))
             .collect();
-        serde_json::to_writer_pretty(&mut *out, &json!({"suites": suites, "total_problems": total}))?;
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &json!({"suites": suites, "total_problems": total}),
+        )?;
         writeln!(out)?;
     } else {
         writeln!(out, "summary:")?;
@@ -304,28 +400,58 @@ fn validate(reg: &SuiteRegistry, suite: Option<&str>, json: bool, out: &mut dyn 
             } else if kinds.is_empty() {
                 "ok".to_owned()
             } else {
-                let affected: std::collections::BTreeSet<&str> = r.problems.iter().map(|p| p.task_id.as_str()).collect();
+                let affected: std::collections::BTreeSet<&str> =
+                    r.problems.iter().map(|p| p.task_id.as_str()).collect();
                 let by_kind: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
-                format!("{} problem(s) in {} task(s): {}", r.problems.len(), affected.len(), by_kind.join(", "))
+                format!(
+                    "{} problem(s) in {} task(s): {}",
+                    r.problems.len(),
+                    affected.len(),
+                    by_kind.join(", ")
+                )
             };
             writeln!(out, "  {:<20} {:>5} tasks  {detail}", r.suite, r.tasks)?;
         }
         writeln!(out, "{total} problem(s) in {} suite(s)", reports.len())?;
     }
-    Ok(if total == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if total == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-fn suites(reg: &SuiteRegistry, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<ExitCode> {
+fn suites(
+    reg: &SuiteRegistry,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let root_ok = reg.data_root().require().is_ok();
     let mut rows = Vec::new();
     for def in reg.suites() {
         let needs_root = SuiteRegistry::needs_data_root(def);
-        let count = if needs_root && !root_ok { Err("data root missing".to_owned()) } else { reg.load(&def.name).map(|l| l.tasks.len()).map_err(|e| e.to_string()) };
+        let count = if needs_root && !root_ok {
+            Err("data root missing".to_owned())
+        } else {
+            reg.load(&def.name)
+                .map(|l| l.tasks.len())
+                .map_err(|e| e.to_string())
+        };
         let origin = match &def.origin {
             dsbox_tasks::suite::SuiteOrigin::Builtin => "built-in".to_owned(),
             dsbox_tasks::suite::SuiteOrigin::User(p) => p.display().to_string(),
         };
-        let metric = def.metric.as_ref().map_or_else(|| if def.format == dsbox_tasks::SuiteFormat::Dspredict { "leaderboard".into() } else { "per task".into() }, |m| m.name.clone());
+        let metric = def.metric.as_ref().map_or_else(
+            || {
+                if def.format == dsbox_tasks::SuiteFormat::Dspredict {
+                    "leaderboard".into()
+                } else {
+                    "per task".into()
+                }
+            },
+            |m| m.name.clone(),
+        );
         rows.push((def, count, origin, metric));
     }
     if json {
@@ -340,11 +466,28 @@ fn suites(reg: &SuiteRegistry, json: bool, out: &mut dyn Write, err: &mut dyn Wr
         writeln!(out)?;
     } else {
         for (d, c, _, m) in &rows {
-            let count = c.as_ref().map_or_else(|_| "-".to_owned(), ToString::to_string);
-            writeln!(out, "{:<20} {:>5}  {:<10} {:<18} {}", d.name, count, d.track.to_string(), m, d.description)?;
+            let count = c
+                .as_ref()
+                .map_or_else(|_| "-".to_owned(), ToString::to_string);
+            writeln!(
+                out,
+                "{:<20} {:>5}  {:<10} {:<18} {}",
+                d.name,
+                count,
+                d.track.to_string(),
+                m,
+                d.description
+            )?;
         }
         if !root_ok {
-            writeln!(err, "dsbox: note: {}", TasksError::DataRootMissing { path: reg.data_root().path.clone(), origin: reg.data_root().origin.to_string() })?;
+            writeln!(
+                err,
+                "dsbox: note: {}",
+                TasksError::DataRootMissing {
+                    path: reg.data_root().path.clone(),
+                    origin: reg.data_root().origin.to_string()
+                }
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -390,7 +533,11 @@ pub(crate) mod tests {
         let Top::Tasks(parsed) = Cli::try_parse_from(argv)?.cmd;
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = run_with(parsed, &mut out, &mut err)?;
-        Ok(Run { code, out: String::from_utf8(out)?, err: String::from_utf8(err)? })
+        Ok(Run {
+            code,
+            out: String::from_utf8(out)?,
+            err: String::from_utf8(err)?,
+        })
     }
 
     #[test]
@@ -402,7 +549,12 @@ pub(crate) mod tests {
         assert!(r.out.starts_with("starter/total-revenue"));
         let r = tasks(tmp.path(), &["list", "--suite", "starter", "--json"]).unwrap();
         let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
-        let ids: Vec<&str> = v.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
         assert_eq!(ids.len(), 12);
         assert_eq!(ids[0], "starter/total-revenue");
         // --json is accepted before the subcommand too.
@@ -417,9 +569,24 @@ pub(crate) mod tests {
         let r = tasks(tmp.path(), &["--data-root", &missing, "list"]).unwrap();
         assert_eq!(r.code, ExitCode::FAILURE);
         assert!(r.out.contains("starter/busy-days"), "starter still listed");
-        assert!(r.err.contains(&format!("suite qrdata: data root {missing} does not exist (from --data-root)")), "{}", r.err);
-        let err = tasks(tmp.path(), &["--data-root", &missing, "list", "--suite", "daeval"]).err().unwrap().to_string();
-        assert!(err.contains("does not exist") && err.contains("DSBOX_DATA_ROOT"), "{err}");
+        assert!(
+            r.err.contains(&format!(
+                "suite qrdata: data root {missing} does not exist (from --data-root)"
+            )),
+            "{}",
+            r.err
+        );
+        let err = tasks(
+            tmp.path(),
+            &["--data-root", &missing, "list", "--suite", "daeval"],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("does not exist") && err.contains("DSBOX_DATA_ROOT"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -427,15 +594,39 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let r = tasks(tmp.path(), &["show", "starter/peak-day", "--prompt"]).unwrap();
         assert!(r.out.contains("id:        starter/peak-day"));
-        assert!(r.out.contains("--- user prompt ---\nQUESTION:\nOn which date were visits highest?"), "{}", r.out);
-        let r = tasks(tmp.path(), &["show", "starter/peak-day", "--json", "--prompt"]).unwrap();
+        assert!(
+            r.out
+                .contains("--- user prompt ---\nQUESTION:\nOn which date were visits highest?"),
+            "{}",
+            r.out
+        );
+        let r = tasks(
+            tmp.path(),
+            &["show", "starter/peak-day", "--json", "--prompt"],
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
         assert_eq!(v["id"], "starter/peak-day");
         assert!(v["prompt"]["system"].as_str().unwrap().contains("<python>"));
-        let err = tasks(tmp.path(), &["show", "starter/none"]).err().unwrap().to_string();
+        let err = tasks(tmp.path(), &["show", "starter/none"])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("unknown task `starter/none`"), "{err}");
         let missing = tmp.path().join("no-prompts").display().to_string();
-        let err = tasks(tmp.path(), &["show", "starter/peak-day", "--prompt", "--prompts-dir", &missing]).err().unwrap().to_string();
+        let err = tasks(
+            tmp.path(),
+            &[
+                "show",
+                "starter/peak-day",
+                "--prompt",
+                "--prompts-dir",
+                &missing,
+            ],
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("--prompts-dir"), "{err}");
     }
 
@@ -447,19 +638,43 @@ pub(crate) mod tests {
         assert!(r.out.ends_with("0 problem(s) in 1 suite(s)\n"), "{}", r.out);
         let suites = tmp.path().join("suites");
         std::fs::create_dir_all(&suites).unwrap();
-        std::fs::write(suites.join("u.toml"), "name = \"u\"\nformat = \"dsbox\"\nfiles = [\"t.jsonl\"]\n").unwrap();
+        std::fs::write(
+            suites.join("u.toml"),
+            "name = \"u\"\nformat = \"dsbox\"\nfiles = [\"t.jsonl\"]\n",
+        )
+        .unwrap();
         std::fs::write(suites.join("t.jsonl"), "{\"id\": \"a\", \"question\": \"q\", \"data\": [\"/data/x.csv\"], \"answer\": \"1\"}\n").unwrap();
         let dir = suites.display().to_string();
-        let r = tasks(tmp.path(), &["--suites-dir", &dir, "validate", "--suite", "u"]).unwrap();
+        let r = tasks(
+            tmp.path(),
+            &["--suites-dir", &dir, "validate", "--suite", "u"],
+        )
+        .unwrap();
         assert_eq!(r.code, ExitCode::FAILURE);
-        assert!(r.out.starts_with("u/a: missing-data: data file /data/x.csv is missing"), "{}", r.out);
-        assert!(r.out.contains("1 problem(s) in 1 task(s): missing-data 1"), "{}", r.out);
-        let r = tasks(tmp.path(), &["--suites-dir", &dir, "validate", "--suite", "u", "--json"]).unwrap();
+        assert!(
+            r.out
+                .starts_with("u/a: missing-data: data file /data/x.csv is missing"),
+            "{}",
+            r.out
+        );
+        assert!(
+            r.out.contains("1 problem(s) in 1 task(s): missing-data 1"),
+            "{}",
+            r.out
+        );
+        let r = tasks(
+            tmp.path(),
+            &["--suites-dir", &dir, "validate", "--suite", "u", "--json"],
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
         assert_eq!(v["total_problems"], 1);
         assert_eq!(v["suites"][0]["problems"][0]["task_id"], "u/a");
         assert_eq!(v["suites"][0]["problems"][0]["kind"], "missing-data");
-        let err = tasks(tmp.path(), &["validate", "--suite", "nope"]).err().unwrap().to_string();
+        let err = tasks(tmp.path(), &["validate", "--suite", "nope"])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("unknown suite `nope`"), "{err}");
     }
 
@@ -470,8 +685,20 @@ pub(crate) mod tests {
         let root = root.display().to_string();
         let r = tasks(tmp.path(), &["--data-root", &root, "validate"]).unwrap();
         assert_eq!(r.code, ExitCode::FAILURE);
-        assert!(r.out.contains("dabstep-dev/5: missing-data: data file /data/dabstep/payments.csv is missing"), "{}", &r.out[..500]);
-        assert!(r.out.contains("dabstep-dev             10 tasks  10 problem(s) in 10 task(s): missing-data 10"), "{}", r.out);
+        assert!(
+            r.out.contains(
+                "dabstep-dev/5: missing-data: data file /data/dabstep/payments.csv is missing"
+            ),
+            "{}",
+            &r.out[..500]
+        );
+        assert!(
+            r.out.contains(
+                "dabstep-dev             10 tasks  10 problem(s) in 10 task(s): missing-data 10"
+            ),
+            "{}",
+            r.out
+        );
         assert!(r.out.contains("qrdata                 200 tasks  ok"));
         let r = tasks(tmp.path(), &["--data-root", &root, "suites"]).unwrap();
         assert!(r.out.contains("dspredict-hard          54"), "{}", r.out);

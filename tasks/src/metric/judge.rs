@@ -29,7 +29,12 @@ pub struct JudgeRequest {
 
 impl JudgeRequest {
     pub fn user(text: String) -> Self {
-        JudgeRequest { system: None, user: text, json: false, max_tokens: None }
+        JudgeRequest {
+            system: None,
+            user: text,
+            json: false,
+            max_tokens: None,
+        }
     }
 }
 
@@ -59,7 +64,12 @@ pub fn parse_verdict(reply: &str) -> Option<bool> {
 
 /// The grading prompt of llm_score and equivalence_by_llm. `tolerance_percent` is the
 /// relative error under which numbers count as equal.
-pub fn verdict_prompt(query: &str, prediction: &str, truth: &str, tolerance_percent: f64) -> String {
+pub fn verdict_prompt(
+    query: &str,
+    prediction: &str,
+    truth: &str,
+    tolerance_percent: f64,
+) -> String {
     format!(
         "Decide whether a predicted answer to a data-analysis question is correct.\n\n\
          Question: {query}\n\n\
@@ -138,7 +148,11 @@ pub fn extract_json(reply: &str) -> Option<Value> {
         return Some(v);
     }
     let (start, end) = (reply.find('{')?, reply.rfind('}')?);
-    if start < end { serde_json::from_str(&reply[start..=end]).ok() } else { None }
+    if start < end {
+        serde_json::from_str(&reply[start..=end]).ok()
+    } else {
+        None
+    }
 }
 
 fn text_of(v: Option<&Value>) -> String {
@@ -159,7 +173,8 @@ pub struct HmsContext<'a> {
 
 impl HmsContext<'_> {
     fn datasets_json(&self) -> String {
-        json!([{ "dataset_description": self.dataset_descriptions, "columns": self.columns }]).to_string()
+        json!([{ "dataset_description": self.dataset_descriptions, "columns": self.columns }])
+            .to_string()
     }
 }
 
@@ -180,7 +195,12 @@ async fn sub_hypotheses(
         datasets = ctx.datasets_json(),
         hypo = Value::String(hypothesis.to_owned()),
     );
-    let request = JudgeRequest { system: None, user: prompt, json: true, max_tokens: None };
+    let request = JudgeRequest {
+        system: None,
+        user: prompt,
+        json: true,
+        max_tokens: None,
+    };
     let reply = judge.judge(&request).await?;
     let parsed: Vec<SubHypothesis> = extract_json(&reply)
         .and_then(|v| v.get("sub_hypo").and_then(Value::as_array).cloned())
@@ -190,7 +210,10 @@ async fn sub_hypotheses(
         .map(|h| SubHypothesis {
             text: text_of(h.get("text")),
             context: text_of(h.get("context")),
-            variables: h.get("variables").cloned().unwrap_or(Value::Array(Vec::new())),
+            variables: h
+                .get("variables")
+                .cloned()
+                .unwrap_or(Value::Array(Vec::new())),
             relations: text_of(h.get("relations")),
         })
         .collect();
@@ -207,7 +230,11 @@ async fn sub_hypotheses(
     Ok(parsed)
 }
 
-async fn contexts_match(judge: &dyn Judge, gold: &SubHypothesis, pred: &SubHypothesis) -> Result<bool, MetricError> {
+async fn contexts_match(
+    judge: &dyn Judge,
+    gold: &SubHypothesis,
+    pred: &SubHypothesis,
+) -> Result<bool, MetricError> {
     if gold.context == pred.context {
         return Ok(true);
     }
@@ -224,15 +251,27 @@ async fn contexts_match(judge: &dyn Judge, gold: &SubHypothesis, pred: &SubHypot
             "predicted_hypothesis": pred.text, "predicted_context": pred.context,
         })
     );
-    let request = JudgeRequest { system: None, user: prompt, json: true, max_tokens: None };
+    let request = JudgeRequest {
+        system: None,
+        user: prompt,
+        json: true,
+        max_tokens: None,
+    };
     let reply = judge.judge(&request).await?;
     // As the reference: an unreadable reply means "no match".
-    Ok(extract_json(&reply).and_then(|v| v.get("match").and_then(Value::as_bool)).unwrap_or(false))
+    Ok(extract_json(&reply)
+        .and_then(|v| v.get("match").and_then(Value::as_bool))
+        .unwrap_or(false))
 }
 
 const COMPARE_SYSTEM: &str = "You compare two data-driven hypotheses. Answer with exactly what is asked, without conversation.";
 
-fn compare_prompt(ctx: &HmsContext<'_>, gold: &SubHypothesis, pred: &SubHypothesis, question: &str) -> String {
+fn compare_prompt(
+    ctx: &HmsContext<'_>,
+    gold: &SubHypothesis,
+    pred: &SubHypothesis,
+    question: &str,
+) -> String {
     format!(
         "Compare two hypotheses, HypoA (gold) and HypoB (predicted), that answer the query below over the \
          described dataset(s). Contexts are the conditions under which a hypothesis holds; variables are \
@@ -247,20 +286,41 @@ fn compare_prompt(ctx: &HmsContext<'_>, gold: &SubHypothesis, pred: &SubHypothes
 
 /// Variable F1 from the judge's set sizes: p = |A∩B|/|B|, r = |A∩B|/|A|.
 fn variable_f1(reply: &str) -> Result<f64, MetricError> {
-    let bad = |reason: &str| MetricError::JudgeReply { metric: "hms_score".into(), reason: reason.into() };
+    let bad = |reason: &str| MetricError::JudgeReply {
+        metric: "hms_score".into(),
+        reason: reason.into(),
+    };
     let v = extract_json(reply).ok_or_else(|| bad("variables reply is not JSON"))?;
     let num = |k: &str| v.get(k).and_then(Value::as_f64);
     let inter = num("intersection").ok_or_else(|| bad("variables reply lacks `intersection`"))?;
-    let p = match num("sizeB") { Some(b) if b > 0.0 => inter / b, _ => 0.0 };
-    let r = match num("sizeA") { Some(a) if a > 0.0 => inter / a, _ => 0.0 };
-    Ok(if p > 0.0 && r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 })
+    let p = match num("sizeB") {
+        Some(b) if b > 0.0 => inter / b,
+        _ => 0.0,
+    };
+    let r = match num("sizeA") {
+        Some(a) if a > 0.0 => inter / a,
+        _ => 0.0,
+    };
+    Ok(if p > 0.0 && r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    })
 }
 
 /// Relation score: A (very similar) 1, B (similar but more general) 0.5, C (different) 0.
 fn relation_score(reply: &str) -> Result<f64, MetricError> {
-    let bad = |reason: &str| MetricError::JudgeReply { metric: "hms_score".into(), reason: reason.into() };
+    let bad = |reason: &str| MetricError::JudgeReply {
+        metric: "hms_score".into(),
+        reason: reason.into(),
+    };
     let v = extract_json(reply).ok_or_else(|| bad("relations reply is not JSON"))?;
-    let answer = v.get("answer").and_then(Value::as_str).unwrap_or("").trim().to_owned();
+    let answer = v
+        .get("answer")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     if answer.starts_with('A') || answer.contains("very similar") {
         Ok(1.0)
     } else if answer.starts_with('B') || answer.contains("similar but general than HypoA") {
@@ -342,29 +402,53 @@ mod tests {
 
     #[test]
     fn verdicts_follow_the_reference() {
-        assert_eq!(parse_verdict("Thoughts: ok\n\n## The final answer is: True"), Some(true));
-        assert_eq!(parse_verdict("## The final answer is:  False \n"), Some(false));
+        assert_eq!(
+            parse_verdict("Thoughts: ok\n\n## The final answer is: True"),
+            Some(true)
+        );
+        assert_eq!(
+            parse_verdict("## The final answer is:  False \n"),
+            Some(false)
+        );
         assert_eq!(parse_verdict("## The final answer is: true"), None);
         assert_eq!(parse_verdict("## The final answer is: True."), None);
         assert_eq!(parse_verdict("The final answer is: True"), None);
         // Text after the first marker up to a second marker.
-        assert_eq!(parse_verdict("## The final answer is: True ## The final answer is: False"), Some(true));
+        assert_eq!(
+            parse_verdict("## The final answer is: True ## The final answer is: False"),
+            Some(true)
+        );
     }
 
     #[test]
     fn json_extraction() {
         assert_eq!(extract_json("```json\n{\"a\": 1}\n```").unwrap()["a"], 1);
-        assert_eq!(extract_json("Sure! {\"a\": 2} hope it helps").unwrap()["a"], 2);
+        assert_eq!(
+            extract_json("Sure! {\"a\": 2} hope it helps").unwrap()["a"],
+            2
+        );
         assert!(extract_json("no json").is_none());
     }
 
     #[test]
     fn variable_and_relation_scores() {
-        assert_eq!(variable_f1(r#"{"sizeA": 2, "sizeB": 2, "intersection": 1}"#).unwrap(), 0.5);
-        assert_eq!(variable_f1(r#"{"sizeA": 0, "sizeB": 2, "intersection": 0}"#).unwrap(), 0.0);
+        assert_eq!(
+            variable_f1(r#"{"sizeA": 2, "sizeB": 2, "intersection": 1}"#).unwrap(),
+            0.5
+        );
+        assert_eq!(
+            variable_f1(r#"{"sizeA": 0, "sizeB": 2, "intersection": 0}"#).unwrap(),
+            0.0
+        );
         assert!(variable_f1("nope").is_err());
-        assert_eq!(relation_score(r#"{"answer": "B) similar but general than HypoA"}"#).unwrap(), 0.5);
-        assert_eq!(relation_score(r#"{"answer": "C) different"}"#).unwrap(), 0.0);
+        assert_eq!(
+            relation_score(r#"{"answer": "B) similar but general than HypoA"}"#).unwrap(),
+            0.5
+        );
+        assert_eq!(
+            relation_score(r#"{"answer": "C) different"}"#).unwrap(),
+            0.0
+        );
         assert!(relation_score(r#"{"answer": "maybe"}"#).is_err());
     }
 }

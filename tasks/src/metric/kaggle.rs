@@ -77,7 +77,13 @@ impl KaggleMetric {
     }
 
     pub fn higher_is_better(self) -> bool {
-        matches!(self, KaggleMetric::Accuracy | KaggleMetric::RocAuc | KaggleMetric::MacroF1 | KaggleMetric::F1)
+        matches!(
+            self,
+            KaggleMetric::Accuracy
+                | KaggleMetric::RocAuc
+                | KaggleMetric::MacroF1
+                | KaggleMetric::F1
+        )
     }
 
     /// Recognise the metric from a competition's evaluation text. Deliberately strict: a
@@ -87,23 +93,55 @@ impl KaggleMetric {
     pub fn infer(evaluation: &str) -> Option<Self> {
         let t = evaluation.to_lowercase().replace(['-', '_'], " ");
         let composite = [
-            "columnwise", "rowwise", "column wise", "row wise", "weighted", "scaled error", "log of the mean", "not scored",
-            "mean average precision", "map@", "dice",
-            "iou", "percentile", "spearman", "pinball", "brier", "ndcg", "recall@", "global average precision",
-            "matthews", "smape", "micro", "samples averaged", "mean f2", "mean r2", "two evaluation metrics",
+            "columnwise",
+            "rowwise",
+            "column wise",
+            "row wise",
+            "weighted",
+            "scaled error",
+            "log of the mean",
+            "not scored",
+            "mean average precision",
+            "map@",
+            "dice",
+            "iou",
+            "percentile",
+            "spearman",
+            "pinball",
+            "brier",
+            "ndcg",
+            "recall@",
+            "global average precision",
+            "matthews",
+            "smape",
+            "micro",
+            "samples averaged",
+            "mean f2",
+            "mean r2",
+            "two evaluation metrics",
             "quadratic weighted",
         ];
         if composite.iter().any(|c| t.contains(c)) {
             return None;
         }
         let has = |needles: &[&str]| needles.iter().any(|n| t.contains(n));
-        if has(&["logarithmic error", "rmsle", "logarithm of the predicted value"]) {
+        if has(&[
+            "logarithmic error",
+            "rmsle",
+            "logarithm of the predicted value",
+        ]) {
             return Some(KaggleMetric::Rmsle);
         }
         if has(&["log loss", "logarithmic loss", "logloss", "cross entropy"]) {
             return Some(KaggleMetric::LogLoss);
         }
-        if has(&["roc curve", "roc auc", "auc roc", "area under the roc", "(auc)"]) {
+        if has(&[
+            "roc curve",
+            "roc auc",
+            "auc roc",
+            "area under the roc",
+            "(auc)",
+        ]) {
             return Some(KaggleMetric::RocAuc);
         }
         if has(&["root mean squared error", "root mean square error", "rmse"]) {
@@ -112,7 +150,12 @@ impl KaggleMetric {
         if has(&["mean absolute error", "(mae)"]) {
             return Some(KaggleMetric::Mae);
         }
-        if has(&["macro f1", "macro averaged f1", "macro f1 score", "f1 macro"]) {
+        if has(&[
+            "macro f1",
+            "macro averaged f1",
+            "macro f1 score",
+            "f1 macro",
+        ]) {
             return Some(KaggleMetric::MacroF1);
         }
         if has(&["accuracy"]) {
@@ -125,7 +168,11 @@ impl KaggleMetric {
     }
 
     /// Score aligned rows: `truth[i]` and `pred[i]` hold the target columns of one id.
-    pub fn compute(self, truth: &[Vec<String>], pred: &[Vec<String>]) -> Result<f64, SubmissionError> {
+    pub fn compute(
+        self,
+        truth: &[Vec<String>],
+        pred: &[Vec<String>],
+    ) -> Result<f64, SubmissionError> {
         if truth.is_empty() {
             return fail("the answer file has no rows");
         }
@@ -141,11 +188,18 @@ impl KaggleMetric {
                         if let Some(bad) = y.iter().chain(&p).find(|v| **v <= -1.0) {
                             return fail(format!("RMSLE needs values > -1, found {bad}"));
                         }
-                        y.iter().zip(&p).map(|(a, b)| (a.ln_1p() - b.ln_1p()).powi(2)).sum()
+                        y.iter()
+                            .zip(&p)
+                            .map(|(a, b)| (a.ln_1p() - b.ln_1p()).powi(2))
+                            .sum()
                     }
                 };
                 let mean = total / n;
-                Ok(if self == KaggleMetric::Mae { mean } else { mean.sqrt() })
+                Ok(if self == KaggleMetric::Mae {
+                    mean
+                } else {
+                    mean.sqrt()
+                })
             }
             KaggleMetric::Accuracy => {
                 let cells = truth.iter().flatten().zip(pred.iter().flatten());
@@ -186,7 +240,11 @@ impl KaggleMetric {
                 for (yr, pr) in y.chunks(width).zip(p.chunks(width)) {
                     let clipped: Vec<f64> = pr.iter().map(|v| v.clamp(eps, 1.0 - eps)).collect();
                     let norm: f64 = clipped.iter().sum();
-                    total -= yr.iter().zip(&clipped).map(|(yi, pi)| yi * (pi / norm).ln()).sum::<f64>();
+                    total -= yr
+                        .iter()
+                        .zip(&clipped)
+                        .map(|(yi, pi)| yi * (pi / norm).ln())
+                        .sum::<f64>();
                 }
                 Ok(total / truth.len() as f64)
             }
@@ -211,10 +269,26 @@ impl KaggleMetric {
 }
 
 fn f1_of(y: &[String], p: &[String], label: &str) -> f64 {
-    let tp = y.iter().zip(p).filter(|(a, b)| *a == label && *b == label).count() as f64;
-    let fp = y.iter().zip(p).filter(|(a, b)| *a != label && *b == label).count() as f64;
-    let fn_ = y.iter().zip(p).filter(|(a, b)| *a == label && *b != label).count() as f64;
-    if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fn_) }
+    let tp = y
+        .iter()
+        .zip(p)
+        .filter(|(a, b)| *a == label && *b == label)
+        .count() as f64;
+    let fp = y
+        .iter()
+        .zip(p)
+        .filter(|(a, b)| *a != label && *b == label)
+        .count() as f64;
+    let fn_ = y
+        .iter()
+        .zip(p)
+        .filter(|(a, b)| *a == label && *b != label)
+        .count() as f64;
+    if tp == 0.0 {
+        0.0
+    } else {
+        2.0 * tp / (2.0 * tp + fp + fn_)
+    }
 }
 
 /// Labels compare as numbers when both are numbers (`1` == `1.0`), else as trimmed text
@@ -243,7 +317,9 @@ fn numbers(rows: &[Vec<String>], what: &str) -> Result<Vec<f64>, SubmissionError
 }
 
 fn numbers_col(rows: &[Vec<String>], col: usize) -> Result<Vec<f64>, SubmissionError> {
-    rows.iter().map(|r| parse_num(&r[col], "submission")).collect()
+    rows.iter()
+        .map(|r| parse_num(&r[col], "submission"))
+        .collect()
 }
 
 fn labels01<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<bool>, SubmissionError> {
@@ -278,7 +354,12 @@ fn roc_auc(y: &[bool], p: &[f64]) -> Result<f64, SubmissionError> {
         }
         i = j + 1;
     }
-    let rank_sum: f64 = y.iter().zip(&ranks).filter(|(v, _)| **v).map(|(_, r)| r).sum();
+    let rank_sum: f64 = y
+        .iter()
+        .zip(&ranks)
+        .filter(|(v, _)| **v)
+        .map(|(_, r)| r)
+        .sum();
     let (pos, neg) = (pos as f64, neg as f64);
     Ok((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
 }
@@ -301,27 +382,42 @@ fn read_csv(path: &Path) -> Result<Table, SubmissionError> {
         .collect();
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| SubmissionError(format!("{}: row {}: {e}", path.display(), i + 2)))?;
+        let record = record
+            .map_err(|e| SubmissionError(format!("{}: row {}: {e}", path.display(), i + 2)))?;
         rows.push(record.iter().map(str::to_owned).collect());
     }
     Ok(Table { header, rows })
 }
 
 /// Score `submission` against `answers` with `metric`.
-pub fn score_submission(submission: &Path, answers: &Path, metric: KaggleMetric) -> Result<f64, SubmissionError> {
+pub fn score_submission(
+    submission: &Path,
+    answers: &Path,
+    metric: KaggleMetric,
+) -> Result<f64, SubmissionError> {
     let truth = read_csv(answers)?;
     let sub = read_csv(submission)?;
     let Some(id_col) = truth.header.first().cloned() else {
-        return fail(format!("{}: the answer file has no columns", answers.display()));
+        return fail(format!(
+            "{}: the answer file has no columns",
+            answers.display()
+        ));
     };
-    let targets: Vec<usize> =
-        (1..truth.header.len()).filter(|&i| !truth.header[i].eq_ignore_ascii_case("usage")).collect();
+    let targets: Vec<usize> = (1..truth.header.len())
+        .filter(|&i| !truth.header[i].eq_ignore_ascii_case("usage"))
+        .collect();
     if targets.is_empty() {
-        return fail(format!("{}: the answer file has no target column", answers.display()));
+        return fail(format!(
+            "{}: the answer file has no target column",
+            answers.display()
+        ));
     }
     let col = |name: &str| sub.header.iter().position(|h| h == name);
     let Some(sub_id) = col(&id_col) else {
-        return fail(format!("the submission has no `{id_col}` column (it has: {})", sub.header.join(", ")));
+        return fail(format!(
+            "the submission has no `{id_col}` column (it has: {})",
+            sub.header.join(", ")
+        ));
     };
     let mut sub_targets = Vec::new();
     for &t in &targets {
@@ -352,8 +448,18 @@ pub fn score_submission(submission: &Path, answers: &Path, metric: KaggleMetric)
         let Some(sub_row) = by_id.get(id) else {
             return fail(format!("the submission has no row for id `{id}`"));
         };
-        y.push(targets.iter().map(|&t| row.get(t).cloned().unwrap_or_default()).collect());
-        p.push(sub_targets.iter().map(|&t| sub_row.get(t).cloned().unwrap_or_default()).collect());
+        y.push(
+            targets
+                .iter()
+                .map(|&t| row.get(t).cloned().unwrap_or_default())
+                .collect(),
+        );
+        p.push(
+            sub_targets
+                .iter()
+                .map(|&t| sub_row.get(t).cloned().unwrap_or_default())
+                .collect(),
+        );
     }
     metric.compute(&y, &p)
 }
@@ -363,7 +469,9 @@ mod tests {
     use super::*;
 
     fn rows(v: &[&str]) -> Vec<Vec<String>> {
-        v.iter().map(|s| s.split(',').map(str::to_owned).collect()).collect()
+        v.iter()
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .collect()
     }
 
     #[test]
@@ -372,10 +480,17 @@ mod tests {
         let p = rows(&["1", "2", "5"]);
         let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
         assert!(close(KaggleMetric::Mae.compute(&y, &p).unwrap(), 2.0 / 3.0));
-        assert!(close(KaggleMetric::Rmse.compute(&y, &p).unwrap(), (4.0f64 / 3.0).sqrt()));
+        assert!(close(
+            KaggleMetric::Rmse.compute(&y, &p).unwrap(),
+            (4.0f64 / 3.0).sqrt()
+        ));
         let rmsle = ((4f64.ln() - 6f64.ln()).powi(2) / 3.0).sqrt();
         assert!(close(KaggleMetric::Rmsle.compute(&y, &p).unwrap(), rmsle));
-        assert!(KaggleMetric::Rmsle.compute(&y, &rows(&["1", "2", "-2"])).is_err());
+        assert!(
+            KaggleMetric::Rmsle
+                .compute(&y, &rows(&["1", "2", "-2"]))
+                .is_err()
+        );
     }
 
     #[test]
@@ -389,11 +504,19 @@ mod tests {
         assert!((ll - want).abs() < 1e-12);
         let labels = rows(&["a", "b", "a", "c"]);
         let guess = rows(&["a", "b", "b", "c"]);
-        assert_eq!(KaggleMetric::Accuracy.compute(&labels, &guess).unwrap(), 0.75);
+        assert_eq!(
+            KaggleMetric::Accuracy.compute(&labels, &guess).unwrap(),
+            0.75
+        );
         // a: tp1 fn1 → 2/3; b: tp1 fp1 → 2/3; c: 1 → mean 7/9
         let f1 = KaggleMetric::MacroF1.compute(&labels, &guess).unwrap();
         assert!((f1 - 7.0 / 9.0).abs() < 1e-12);
-        assert_eq!(KaggleMetric::Accuracy.compute(&rows(&["1", "True"]), &rows(&["1.0", "true"])).unwrap(), 1.0);
+        assert_eq!(
+            KaggleMetric::Accuracy
+                .compute(&rows(&["1", "True"]), &rows(&["1.0", "true"]))
+                .unwrap(),
+            1.0
+        );
     }
 
     #[test]
@@ -407,15 +530,42 @@ mod tests {
     #[test]
     fn infer_from_competition_texts() {
         let cases = [
-            ("Root-Mean-Squared-Error (RMSE) between the logarithm of the predicted value and the logarithm of the observed sales price", Some(KaggleMetric::Rmsle)),
-            ("Submissions are scored on the root mean squared error.", Some(KaggleMetric::Rmse)),
-            ("evaluated on area under the ROC curve between the predicted probability", Some(KaggleMetric::RocAuc)),
-            ("evaluated using the multi-class logarithmic loss", Some(KaggleMetric::LogLoss)),
-            ("Submissions are evaluated on Multiclass Accuracy", Some(KaggleMetric::Accuracy)),
-            ("evaluated using the macro F1 score", Some(KaggleMetric::MacroF1)),
-            ("evaluated using F1 between the predicted and expected answers", Some(KaggleMetric::F1)),
-            ("scored using MCRMSE, mean columnwise root mean squared error", None),
-            ("Log of the Mean Absolute Error, calculated for each scalar coupling type", None),
+            (
+                "Root-Mean-Squared-Error (RMSE) between the logarithm of the predicted value and the logarithm of the observed sales price",
+                Some(KaggleMetric::Rmsle),
+            ),
+            (
+                "Submissions are scored on the root mean squared error.",
+                Some(KaggleMetric::Rmse),
+            ),
+            (
+                "evaluated on area under the ROC curve between the predicted probability",
+                Some(KaggleMetric::RocAuc),
+            ),
+            (
+                "evaluated using the multi-class logarithmic loss",
+                Some(KaggleMetric::LogLoss),
+            ),
+            (
+                "Submissions are evaluated on Multiclass Accuracy",
+                Some(KaggleMetric::Accuracy),
+            ),
+            (
+                "evaluated using the macro F1 score",
+                Some(KaggleMetric::MacroF1),
+            ),
+            (
+                "evaluated using F1 between the predicted and expected answers",
+                Some(KaggleMetric::F1),
+            ),
+            (
+                "scored using MCRMSE, mean columnwise root mean squared error",
+                None,
+            ),
+            (
+                "Log of the Mean Absolute Error, calculated for each scalar coupling type",
+                None,
+            ),
             ("Weighted Root Mean Squared Scaled Error (RMSSE)", None),
         ];
         for (text, want) in cases {

@@ -40,11 +40,19 @@ pub enum MetricError {
     #[error("unknown metric `{name}`; known metrics: {}", METRIC_NAMES.join(", "))]
     UnknownMetric { name: String },
     #[error("metric `{metric}`: parameter `{param}` {reason}")]
-    BadParams { metric: String, param: String, reason: String },
+    BadParams {
+        metric: String,
+        param: String,
+        reason: String,
+    },
     #[error("task {task_id} has no ground-truth answer")]
     NoAnswer { task_id: String },
     #[error("task {task_id}: answer does not parse for {metric}: {reason}")]
-    BadAnswer { task_id: String, metric: String, reason: String },
+    BadAnswer {
+        task_id: String,
+        metric: String,
+        reason: String,
+    },
     #[error("task {task_id} has no metric (the reference defines none for this suite)")]
     NoMetric { task_id: String },
     #[error("metric `{metric}` needs an LLM judge and none is configured")]
@@ -55,7 +63,9 @@ pub enum MetricError {
     JudgeReply { metric: String, reason: String },
     #[error("competition `{competition}`: {reason}")]
     Leaderboard { competition: String, reason: String },
-    #[error("prediction for {task_id} is neither a score nor an existing submission file: `{prediction}`")]
+    #[error(
+        "prediction for {task_id} is neither a score nor an existing submission file: `{prediction}`"
+    )]
     BadPrediction { task_id: String, prediction: String },
     #[error("submission {path}: {reason}")]
     Submission { path: PathBuf, reason: String },
@@ -94,7 +104,11 @@ pub struct Score {
 
 impl Score {
     pub fn new(value: f64) -> Self {
-        Score { value, details: Map::new(), leaderboard: None }
+        Score {
+            value,
+            details: Map::new(),
+            leaderboard: None,
+        }
     }
 
     fn with(mut self, key: &str, value: Value) -> Self {
@@ -119,16 +133,24 @@ pub struct LeaderboardMetric {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Metric {
     /// Default tolerance 0.03 (relative, strict `<`).
-    ExactMatch { tolerance: f64 },
+    ExactMatch {
+        tolerance: f64,
+    },
     /// DAEval `@name[value]` pairs; default tolerance 0 (relative, `<=`).
-    ListMatch { tolerance: f64 },
+    ListMatch {
+        tolerance: f64,
+    },
     Dabstep,
     /// Default threshold 0.8.
-    FuzzyExactMatch { threshold: f64 },
+    FuzzyExactMatch {
+        threshold: f64,
+    },
     LlmScore,
     HmsScore,
     /// Default tolerance 0.01.
-    EquivalenceByLlm { tolerance: f64 },
+    EquivalenceByLlm {
+        tolerance: f64,
+    },
     Leaderboard(LeaderboardMetric),
     /// No metric (ScienceAgentBench in the reference): never evaluable.
     None,
@@ -185,11 +207,15 @@ impl Metric {
         Ok(match spec.name.as_str() {
             "exact_match" => {
                 check_params(spec, &tol)?;
-                Metric::ExactMatch { tolerance: param_f64(spec, &tol, 0.03)? }
+                Metric::ExactMatch {
+                    tolerance: param_f64(spec, &tol, 0.03)?,
+                }
             }
             "list_match" => {
                 check_params(spec, &tol)?;
-                Metric::ListMatch { tolerance: param_f64(spec, &tol, 0.0)? }
+                Metric::ListMatch {
+                    tolerance: param_f64(spec, &tol, 0.0)?,
+                }
             }
             "dabstep" => {
                 check_params(spec, &[])?;
@@ -198,7 +224,9 @@ impl Metric {
             "fuzzy_exact_match" => {
                 let keys = ["threshold", "similarity_threshold"];
                 check_params(spec, &keys)?;
-                Metric::FuzzyExactMatch { threshold: param_f64(spec, &keys, 0.8)? }
+                Metric::FuzzyExactMatch {
+                    threshold: param_f64(spec, &keys, 0.8)?,
+                }
             }
             "llm_score" => {
                 check_params(spec, &[])?;
@@ -210,10 +238,20 @@ impl Metric {
             }
             "equivalence_by_llm" => {
                 check_params(spec, &tol)?;
-                Metric::EquivalenceByLlm { tolerance: param_f64(spec, &tol, 0.01)? }
+                Metric::EquivalenceByLlm {
+                    tolerance: param_f64(spec, &tol, 0.01)?,
+                }
             }
             "leaderboard" => {
-                check_params(spec, &["competition", "leaderboard_file", "local_metric", "answer_file"])?;
+                check_params(
+                    spec,
+                    &[
+                        "competition",
+                        "leaderboard_file",
+                        "local_metric",
+                        "answer_file",
+                    ],
+                )?;
                 let Some(competition) = param_str(spec, "competition")? else {
                     return Err(MetricError::BadParams {
                         metric: spec.name.clone(),
@@ -223,13 +261,15 @@ impl Metric {
                 };
                 let local_metric = match param_str(spec, "local_metric")? {
                     None => None,
-                    Some(name) => Some(KaggleMetric::from_name(name).ok_or_else(|| MetricError::BadParams {
-                        metric: spec.name.clone(),
-                        param: "local_metric".into(),
-                        reason: format!(
-                            "`{name}` is not a known local metric ({})",
-                            KaggleMetric::ALL.map(KaggleMetric::name).join(", ")
-                        ),
+                    Some(name) => Some(KaggleMetric::from_name(name).ok_or_else(|| {
+                        MetricError::BadParams {
+                            metric: spec.name.clone(),
+                            param: "local_metric".into(),
+                            reason: format!(
+                                "`{name}` is not a known local metric ({})",
+                                KaggleMetric::ALL.map(KaggleMetric::name).join(", ")
+                            ),
+                        }
                     })?),
                 };
                 Metric::Leaderboard(LeaderboardMetric {
@@ -240,7 +280,11 @@ impl Metric {
                 })
             }
             "none" => Metric::None,
-            other => return Err(MetricError::UnknownMetric { name: other.to_owned() }),
+            other => {
+                return Err(MetricError::UnknownMetric {
+                    name: other.to_owned(),
+                });
+            }
         })
     }
 
@@ -265,20 +309,29 @@ impl Metric {
 
     /// Whether scoring needs a [`Judge`].
     pub fn needs_judge(&self) -> bool {
-        matches!(self, Metric::LlmScore | Metric::HmsScore | Metric::EquivalenceByLlm { .. })
+        matches!(
+            self,
+            Metric::LlmScore | Metric::HmsScore | Metric::EquivalenceByLlm { .. }
+        )
     }
 
     /// Check that `task` can be scored by this metric at all (its answer exists and parses,
     /// its leaderboard has the competition), without a prediction.
     pub fn check(&self, task: &Task) -> Result<(), MetricError> {
         match self {
-            Metric::None => Err(MetricError::NoMetric { task_id: task.id.clone() }),
+            Metric::None => Err(MetricError::NoMetric {
+                task_id: task.id.clone(),
+            }),
             Metric::Leaderboard(lb) => {
                 let boards = load_boards(lb)?;
-                let stats = boards.boards.get(&lb.competition).ok_or_else(|| MetricError::Leaderboard {
-                    competition: lb.competition.clone(),
-                    reason: format!("not on the leaderboard {}", boards.path.display()),
-                })?;
+                let stats =
+                    boards
+                        .boards
+                        .get(&lb.competition)
+                        .ok_or_else(|| MetricError::Leaderboard {
+                            competition: lb.competition.clone(),
+                            reason: format!("not on the leaderboard {}", boards.path.display()),
+                        })?;
                 if stats.public_scores.is_empty() && stats.private_scores.is_empty() {
                     return Err(MetricError::Leaderboard {
                         competition: lb.competition.clone(),
@@ -289,11 +342,13 @@ impl Metric {
             }
             Metric::ListMatch { .. } => {
                 let truth = truth(task)?;
-                text::parse_truth_pairs(&truth).map(|_| ()).map_err(|reason| MetricError::BadAnswer {
-                    task_id: task.id.clone(),
-                    metric: self.name().into(),
-                    reason,
-                })
+                text::parse_truth_pairs(&truth)
+                    .map(|_| ())
+                    .map_err(|reason| MetricError::BadAnswer {
+                        task_id: task.id.clone(),
+                        metric: self.name().into(),
+                        reason,
+                    })
             }
             _ => truth(task).map(|_| ()),
         }
@@ -312,9 +367,14 @@ impl Metric {
                 Ok(s)
             }
             Metric::ListMatch { tolerance } => {
-                let m = text::list_match(prediction, &truth(task)?, *tolerance).map_err(|reason| {
-                    MetricError::BadAnswer { task_id: task.id.clone(), metric: self.name().into(), reason }
-                })?;
+                let m =
+                    text::list_match(prediction, &truth(task)?, *tolerance).map_err(|reason| {
+                        MetricError::BadAnswer {
+                            task_id: task.id.clone(),
+                            metric: self.name().into(),
+                            reason,
+                        }
+                    })?;
                 let mut s = Score::new(m.score)
                     .with("predicted_pairs", json!(m.predicted_pairs))
                     .with("expected_pairs", json!(m.expected_pairs));
@@ -329,58 +389,94 @@ impl Metric {
                 Ok(Score::new(score).with("similarity", json!(sim)))
             }
             Metric::LlmScore | Metric::HmsScore | Metric::EquivalenceByLlm { .. } => {
-                Err(MetricError::NeedsJudge { metric: self.name().into() })
+                Err(MetricError::NeedsJudge {
+                    metric: self.name().into(),
+                })
             }
             Metric::Leaderboard(lb) => score_leaderboard(lb, prediction, task),
-            Metric::None => Err(MetricError::NoMetric { task_id: task.id.clone() }),
+            Metric::None => Err(MetricError::NoMetric {
+                task_id: task.id.clone(),
+            }),
         }
     }
 
     /// Score with any metric; LLM-judge metrics ask `judge`.
-    pub async fn score_with_judge(&self, prediction: &str, task: &Task, judge: &dyn Judge) -> Result<Score, MetricError> {
+    pub async fn score_with_judge(
+        &self,
+        prediction: &str,
+        task: &Task,
+        judge: &dyn Judge,
+    ) -> Result<Score, MetricError> {
         let (value, details) = match self {
-            Metric::LlmScore => judge::llm_score(judge, &task.question, prediction, &truth(task)?).await?,
+            Metric::LlmScore => {
+                judge::llm_score(judge, &task.question, prediction, &truth(task)?).await?
+            }
             Metric::EquivalenceByLlm { tolerance } => {
-                judge::equivalence_by_llm(judge, &task.question, prediction, &truth(task)?, *tolerance).await?
+                judge::equivalence_by_llm(
+                    judge,
+                    &task.question,
+                    prediction,
+                    &truth(task)?,
+                    *tolerance,
+                )
+                .await?
             }
             Metric::HmsScore => {
                 let ctx = judge::HmsContext {
                     query: &task.question,
-                    dataset_descriptions: task.meta_str("dataset_descriptions").unwrap_or(&task.context),
+                    dataset_descriptions: task
+                        .meta_str("dataset_descriptions")
+                        .unwrap_or(&task.context),
                     columns: task.meta_str("columns_info").unwrap_or(""),
                 };
                 judge::hms_score(judge, &ctx, prediction, &truth(task)?).await?
             }
             other => return other.score(prediction, task),
         };
-        Ok(Score { value, details, leaderboard: None })
+        Ok(Score {
+            value,
+            details,
+            leaderboard: None,
+        })
     }
 }
 
 fn truth(task: &Task) -> Result<String, MetricError> {
-    task.answer_text().ok_or_else(|| MetricError::NoAnswer { task_id: task.id.clone() })
+    task.answer_text().ok_or_else(|| MetricError::NoAnswer {
+        task_id: task.id.clone(),
+    })
 }
 
 fn load_boards(lb: &LeaderboardMetric) -> Result<std::sync::Arc<Leaderboards>, MetricError> {
     let Some(path) = &lb.leaderboard_file else {
         return Err(MetricError::Leaderboard {
             competition: lb.competition.clone(),
-            reason: "no leaderboard file is configured (metric parameter `leaderboard_file`)".into(),
+            reason: "no leaderboard file is configured (metric parameter `leaderboard_file`)"
+                .into(),
         });
     };
-    Leaderboards::cached(path)
-        .map_err(|e| MetricError::Leaderboard { competition: lb.competition.clone(), reason: e.to_string() })
+    Leaderboards::cached(path).map_err(|e| MetricError::Leaderboard {
+        competition: lb.competition.clone(),
+        reason: e.to_string(),
+    })
 }
 
 /// A DSPredict prediction is either the competition score itself (a number, e.g. from a
 /// Kaggle upload done elsewhere) or the path of a submission file, scored locally against
 /// the competition's answer file when there is one.
-fn score_leaderboard(lb: &LeaderboardMetric, prediction: &str, task: &Task) -> Result<Score, MetricError> {
+fn score_leaderboard(
+    lb: &LeaderboardMetric,
+    prediction: &str,
+    task: &Task,
+) -> Result<Score, MetricError> {
     let boards = load_boards(lb)?;
-    let stats = boards.boards.get(&lb.competition).ok_or_else(|| MetricError::Leaderboard {
-        competition: lb.competition.clone(),
-        reason: format!("not on the leaderboard {}", boards.path.display()),
-    })?;
+    let stats = boards
+        .boards
+        .get(&lb.competition)
+        .ok_or_else(|| MetricError::Leaderboard {
+            competition: lb.competition.clone(),
+            reason: format!("not on the leaderboard {}", boards.path.display()),
+        })?;
     let text = py_strip(prediction);
     let (raw, source) = match py_float(text) {
         Some(x) if x.is_finite() => (x, "given"),
@@ -401,22 +497,32 @@ fn score_leaderboard(lb: &LeaderboardMetric, prediction: &str, task: &Task) -> R
                     ),
                 });
             };
-            let answers = lb.answer_file.as_deref().filter(|p| p.is_file()).ok_or_else(|| {
+            let answers =
+                lb.answer_file
+                    .as_deref()
+                    .filter(|p| p.is_file())
+                    .ok_or_else(|| MetricError::Submission {
+                        path: path.to_owned(),
+                        reason: match &lb.answer_file {
+                            Some(p) => format!("the answer file {} does not exist", p.display()),
+                            None => "no answer file is configured (metric parameter `answer_file`)"
+                                .into(),
+                        },
+                    })?;
+            let value = kaggle::score_submission(path, answers, metric).map_err(|e| {
                 MetricError::Submission {
                     path: path.to_owned(),
-                    reason: match &lb.answer_file {
-                        Some(p) => format!("the answer file {} does not exist", p.display()),
-                        None => "no answer file is configured (metric parameter `answer_file`)".into(),
-                    },
+                    reason: e.0,
                 }
             })?;
-            let value = kaggle::score_submission(path, answers, metric)
-                .map_err(|e| MetricError::Submission { path: path.to_owned(), reason: e.0 })?;
             (value, "local")
         }
     };
     let result = LeaderboardResult::new(&lb.competition, raw, source, stats).ok_or_else(|| {
-        MetricError::Leaderboard { competition: lb.competition.clone(), reason: "both boards are empty".into() }
+        MetricError::Leaderboard {
+            competition: lb.competition.clone(),
+            reason: "both boards are empty".into(),
+        }
     })?;
     let primary = result.primary().cloned();
     let mut score = Score::new(primary.as_ref().map_or(0.0, |p| p.percentile / 100.0));
@@ -440,16 +546,38 @@ mod tests {
 
     #[test]
     fn specs_parse_with_defaults_and_reject_typos() {
-        assert_eq!(Metric::from_spec(&MetricSpec::new("exact_match")).unwrap(), Metric::ExactMatch { tolerance: 0.03 });
+        assert_eq!(
+            Metric::from_spec(&MetricSpec::new("exact_match")).unwrap(),
+            Metric::ExactMatch { tolerance: 0.03 }
+        );
         let spec = MetricSpec::new("list_match").with("tolerance", 0.01);
-        assert_eq!(Metric::from_spec(&spec).unwrap(), Metric::ListMatch { tolerance: 0.01 });
+        assert_eq!(
+            Metric::from_spec(&spec).unwrap(),
+            Metric::ListMatch { tolerance: 0.01 }
+        );
         let typo = MetricSpec::new("exact_match").with("tolerence", 0.1);
-        assert_eq!(Metric::from_spec(&typo).unwrap_err().kind(), "bad-metric-params");
+        assert_eq!(
+            Metric::from_spec(&typo).unwrap_err().kind(),
+            "bad-metric-params"
+        );
         let negative = MetricSpec::new("exact_match").with("tolerance", -1);
         assert!(Metric::from_spec(&negative).is_err());
-        assert_eq!(Metric::from_spec(&MetricSpec::new("bleu")).unwrap_err().kind(), "unknown-metric");
+        assert_eq!(
+            Metric::from_spec(&MetricSpec::new("bleu"))
+                .unwrap_err()
+                .kind(),
+            "unknown-metric"
+        );
         assert!(Metric::from_spec(&MetricSpec::new("leaderboard")).is_err());
-        let lb = MetricSpec::new("leaderboard").with("competition", "titanic").with("local_metric", "auc");
-        assert!(matches!(Metric::from_spec(&lb).unwrap(), Metric::Leaderboard(LeaderboardMetric { local_metric: Some(KaggleMetric::RocAuc), .. })));
+        let lb = MetricSpec::new("leaderboard")
+            .with("competition", "titanic")
+            .with("local_metric", "auc");
+        assert!(matches!(
+            Metric::from_spec(&lb).unwrap(),
+            Metric::Leaderboard(LeaderboardMetric {
+                local_metric: Some(KaggleMetric::RocAuc),
+                ..
+            })
+        ));
     }
 }

@@ -58,12 +58,18 @@ pub fn first_number(text: &str) -> Option<f64> {
     if text.is_empty() {
         return None;
     }
-    FIRST_NUMBER.find(text).and_then(|m| m.as_str().parse::<f64>().ok())
+    FIRST_NUMBER
+        .find(text)
+        .and_then(|m| m.as_str().parse::<f64>().ok())
 }
 
 /// `|p - g| / |g|`, or `|p|` when `g == 0`.
 pub fn relative_error(p: f64, g: f64) -> f64 {
-    if g == 0.0 { p.abs() } else { (p - g).abs() / g.abs() }
+    if g == 0.0 {
+        p.abs()
+    } else {
+        (p - g).abs() / g.abs()
+    }
 }
 
 /// exact_match(tolerance): trimmed+lowercased equality; else both Python lists → equal
@@ -73,16 +79,25 @@ pub fn exact_match(prediction: &str, truth: &str, tolerance: f64) -> ExactMatch 
     let norm_pred = py_strip(prediction).to_lowercase();
     let norm_truth = py_strip(truth).to_lowercase();
     if norm_pred == norm_truth {
-        return ExactMatch { score: 1.0, rule: MatchRule::String, relative_error: None };
+        return ExactMatch {
+            score: 1.0,
+            rule: MatchRule::String,
+            relative_error: None,
+        };
     }
-    if let (Ok(PyValue::List(p)), Ok(PyValue::List(g))) =
-        (literal_eval(py_strip(prediction)), literal_eval(py_strip(truth)))
-    {
+    if let (Ok(PyValue::List(p)), Ok(PyValue::List(g))) = (
+        literal_eval(py_strip(prediction)),
+        literal_eval(py_strip(truth)),
+    ) {
         let set = |items: &[PyValue]| -> BTreeSet<String> {
             items.iter().map(|i| i.to_py_str().to_lowercase()).collect()
         };
         let score = if set(&p) == set(&g) { 1.0 } else { 0.0 };
-        return ExactMatch { score, rule: MatchRule::List, relative_error: None };
+        return ExactMatch {
+            score,
+            rule: MatchRule::List,
+            relative_error: None,
+        };
     }
     // The numeric rule only runs when the *whole* texts are floats (Python's float()), but
     // then compares the first number found in each.
@@ -92,9 +107,17 @@ pub fn exact_match(prediction: &str, truth: &str, tolerance: f64) -> ExactMatch 
     {
         let err = relative_error(p, g);
         let score = if err < tolerance { 1.0 } else { 0.0 };
-        return ExactMatch { score, rule: MatchRule::Numeric, relative_error: Some(err) };
+        return ExactMatch {
+            score,
+            rule: MatchRule::Numeric,
+            relative_error: Some(err),
+        };
     }
-    ExactMatch { score: 0.0, rule: MatchRule::None, relative_error: None }
+    ExactMatch {
+        score: 0.0,
+        rule: MatchRule::None,
+        relative_error: None,
+    }
 }
 
 /// The `@name[value]` pairs of a prediction, names and values trimmed, in order.
@@ -120,7 +143,10 @@ pub fn parse_truth_pairs(truth: &str) -> Result<Vec<(String, String)>, String> {
                 _ => None,
             })
             .collect()),
-        Ok(other) => Err(format!("expected a list of [name, value] pairs, found {}", other.repr())),
+        Ok(other) => Err(format!(
+            "expected a list of [name, value] pairs, found {}",
+            other.repr()
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -151,9 +177,14 @@ pub fn list_match(prediction: &str, truth: &str, tolerance: f64) -> Result<ListM
     if pred_pairs.len() != truth_pairs.len() {
         return Ok(result);
     }
-    let pred: HashMap<&str, &str> = pred_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let gold: HashMap<&str, &str> =
-        truth_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pred: HashMap<&str, &str> = pred_pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let gold: HashMap<&str, &str> = truth_pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     if pred.keys().collect::<BTreeSet<_>>() != gold.keys().collect::<BTreeSet<_>>() {
         return Ok(result);
     }
@@ -180,7 +211,11 @@ pub fn list_match(prediction: &str, truth: &str, tolerance: f64) -> Result<ListM
 
 /// dabstep: trimmed, lowercased equality.
 pub fn dabstep(prediction: &str, truth: &str) -> f64 {
-    if py_strip(prediction).to_lowercase() == py_strip(truth).to_lowercase() { 1.0 } else { 0.0 }
+    if py_strip(prediction).to_lowercase() == py_strip(truth).to_lowercase() {
+        1.0
+    } else {
+        0.0
+    }
 }
 
 /// Levenshtein similarity `1 - dist / maxlen` over characters of the trimmed, lowercased
@@ -210,7 +245,10 @@ mod tests {
 
     #[test]
     fn exact_match_rules_in_order() {
-        assert_eq!(exact_match(" Control Group\n", "control group", 0.03).score, 1.0);
+        assert_eq!(
+            exact_match(" Control Group\n", "control group", 0.03).score,
+            1.0
+        );
         let list = exact_match("['b', 'A']", "['a', 'B']", 0.0);
         assert_eq!((list.score, list.rule), (1.0, MatchRule::List));
         // Lists are sets: duplicates do not count.
@@ -250,8 +288,14 @@ mod tests {
         assert_eq!(list_match("@dist[normal]", text, 0.0).unwrap().score, 1.0);
         assert_eq!(list_match("@dist[Normal]", text, 0.0).unwrap().score, 0.0);
         // `<=` with tolerance: exactly at the edge is right.
-        assert_eq!(list_match("@a[110]", "[['a', '100']]", 0.1).unwrap().score, 1.0);
-        assert_eq!(list_match("@a[0.1]", "[['a', '0']]", 0.1).unwrap().score, 1.0);
+        assert_eq!(
+            list_match("@a[110]", "[['a', '100']]", 0.1).unwrap().score,
+            1.0
+        );
+        assert_eq!(
+            list_match("@a[0.1]", "[['a', '0']]", 0.1).unwrap().score,
+            1.0
+        );
         assert!(list_match("@a[1]", "not a list", 0.0).is_err());
     }
 
@@ -262,7 +306,10 @@ mod tests {
         assert_eq!(list_match("@a[1] @a[2]", truth, 0.0).unwrap().score, 0.0);
         // Duplicates in the truth collapse too (last wins), as a Python dict would.
         let dup_truth = "[['a', '1'], ['a', '2']]";
-        assert_eq!(list_match("@a[5] @a[2]", dup_truth, 0.0).unwrap().score, 1.0);
+        assert_eq!(
+            list_match("@a[5] @a[2]", dup_truth, 0.0).unwrap().score,
+            1.0
+        );
     }
 
     #[test]

@@ -10,11 +10,16 @@ use dsbox_tasks::{DataRoot, SuiteRegistry};
 pub fn shared_data(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("DSBOX_DSGYM_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dsgym"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dsgym")
+        });
     if dir.join("task").is_dir() {
         Some(dir)
     } else {
-        eprintln!("skipping {test}: DSGym data not found at {} (set DSBOX_DSGYM_DATA)", dir.display());
+        eprintln!(
+            "skipping {test}: DSGym data not found at {} (set DSBOX_DSGYM_DATA)",
+            dir.display()
+        );
         None
     }
 }
@@ -30,7 +35,8 @@ pub fn registry(root: PathBuf) -> (SuiteRegistry, tempfile::TempDir) {
 /// A registry whose DSGym data root does not exist (starter and user suites only).
 pub fn registry_without_data() -> (SuiteRegistry, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut reg = SuiteRegistry::builtin(DataRoot::at(tmp.path().join("no-such-root"))).expect("built-in suites parse");
+    let mut reg = SuiteRegistry::builtin(DataRoot::at(tmp.path().join("no-such-root")))
+        .expect("built-in suites parse");
     reg.set_starter_dir(tmp.path().join("starter"));
     (reg, tmp)
 }
