@@ -62,7 +62,8 @@ pub struct RenderedPrompt {
 /// Template prefix for absolute template files named by a suite entry.
 const FILE_PREFIX: &str = "file:";
 
-/// Renders prompts; cheap to clone-free share (templates load lazily and are cached).
+/// Renders prompts. Templates are loaded on first use and cached, so keep one `Prompts`
+/// and share it (it is `Send + Sync`).
 pub struct Prompts {
     env: Environment<'static>,
 }

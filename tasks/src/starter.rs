@@ -206,6 +206,12 @@ impl Data {
     }
 }
 
+/// The index of the first maximum (Python's `max` keeps the first of equal keys; Rust's
+/// `max_by_key` the last).
+fn argmax_first<K: Ord>(n: usize, key: impl Fn(usize) -> K) -> usize {
+    (0..n).fold(0, |best, i| if key(i) > key(best) { i } else { best })
+}
+
 fn round2(x: f64) -> String {
     format!("{x:.2}")
 }
@@ -262,9 +268,7 @@ fn questions(d: &Data) -> Vec<Question> {
                 .sum()
         })
         .collect();
-    let best_region = (0..REGIONS.len())
-        .max_by_key(|&g| region_rev[g])
-        .unwrap_or(0);
+    let best_region = argmax_first(REGIONS.len(), |g| region_rev[g]);
     qs.push(Question {
         slug: "top-region",
         file: "sales.csv",
@@ -282,7 +286,7 @@ fn questions(d: &Data) -> Vec<Question> {
                 .sum()
         })
         .collect();
-    let best_month = (0..12).max_by_key(|&m| month_units[m]).unwrap_or(0);
+    let best_month = argmax_first(12, |m| month_units[m]);
     qs.push(Question {
         slug: "peak-month",
         file: "sales.csv",
@@ -361,13 +365,8 @@ fn questions(d: &Data) -> Vec<Question> {
         metric: exact(),
     });
     // --- visits ---
-    let peak = d
-        .days
-        .iter()
-        .max_by_key(|x| x.visits)
-        .map_or_else(String::new, |x| {
-            format!("2024-{:02}-{:02}", x.month + 1, x.day)
-        });
+    let peak_day = &d.days[argmax_first(d.days.len(), |i| d.days[i].visits)];
+    let peak = format!("2024-{:02}-{:02}", peak_day.month + 1, peak_day.day);
     qs.push(Question {
         slug: "peak-day",
         file: "visits.csv",
@@ -456,7 +455,10 @@ fn write_if_changed(path: &Path, contents: &str) -> std::io::Result<()> {
 /// Generate the starter files into `cache_dir` (if not already there) and return the
 /// host directory bound at `/data`.
 pub fn materialize(cache_dir: &Path) -> Result<PathBuf> {
-    let data = generate();
+    write_data(cache_dir, &generate())
+}
+
+fn write_data(cache_dir: &Path, data: &Data) -> Result<PathBuf> {
     let root = data_dir(cache_dir);
     let dir = root.join("starter");
     std::fs::create_dir_all(&dir).map_err(|source| TasksError::StarterData {
@@ -477,8 +479,8 @@ pub fn materialize(cache_dir: &Path) -> Result<PathBuf> {
 
 /// Load the starter suite: write its data into `cache_dir` and build its tasks.
 pub fn load(def: SuiteDef, cache_dir: &Path) -> Result<LoadedSuite> {
-    let data_dir = materialize(cache_dir)?;
     let data = generate();
+    let data_dir = write_data(cache_dir, &data)?;
     let tasks = questions(&data)
         .into_iter()
         .map(|q| {

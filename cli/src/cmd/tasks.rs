@@ -143,7 +143,6 @@ fn selected<'r>(
     err: &mut dyn Write,
 ) -> anyhow::Result<Vec<&'r str>> {
     if let Some(name) = suite {
-        reg.get(name)?;
         return Ok(vec![reg.get(name)?.name.as_str()]);
     }
     let root = reg.data_root();

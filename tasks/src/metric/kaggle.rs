@@ -177,6 +177,16 @@ impl KaggleMetric {
             return fail("the answer file has no rows");
         }
         let width = truth[0].len();
+        if width == 0
+            || pred.len() != truth.len()
+            || truth.iter().chain(pred).any(|r| r.len() != width)
+        {
+            return fail(format!(
+                "answer and submission rows do not line up ({} vs {} rows of {width} target column(s))",
+                truth.len(),
+                pred.len()
+            ));
+        }
         match self {
             KaggleMetric::Rmse | KaggleMetric::Rmsle | KaggleMetric::Mae => {
                 let (y, p) = (numbers(truth, "answer")?, numbers(pred, "submission")?);
