@@ -537,6 +537,12 @@ mod tests {
     }
 
     #[test]
+    fn ties_go_to_the_first_maximum_as_in_python() {
+        let v = [3, 5, 5, 1];
+        assert_eq!(argmax_first(v.len(), |i| v[i]), 1);
+    }
+
+    #[test]
     fn formatting_helpers() {
         assert_eq!(cents(5), "0.05");
         assert_eq!(cents(123_456), "1234.56");

@@ -501,6 +501,14 @@ mod tests {
                 .compute(&y, &rows(&["1", "2", "-2"]))
                 .is_err()
         );
+        // Rows that do not line up are an error, not a panic.
+        assert!(KaggleMetric::Rmse.compute(&y, &rows(&["1", "2"])).is_err());
+        assert!(
+            KaggleMetric::Rmse
+                .compute(&y, &rows(&["1", "2", "3,4"]))
+                .is_err()
+        );
+        assert!(KaggleMetric::Rmse.compute(&[], &[]).is_err());
     }
 
     #[test]
