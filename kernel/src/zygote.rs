@@ -1,0 +1,389 @@
+//! The zygote: a Python process that imported the preload modules once and forks kernel
+//! children on request, each joining a sandbox by a [`JoinPlan`] before it runs any cell.
+//!
+//! The Python side is [`crate::ZYGOTE_PY`]; this module holds its message types and
+//! [`Zygote`], a handle that starts one as a child process and asks it for kernels over a
+//! `SOCK_SEQPACKET` control socket (one JSON message per packet, fds by SCM_RIGHTS).
+//! Placing the zygote in a sandbox of its own and creating the shells its children join
+//! is the runtime's part (phase 2 of issue 4); here the zygote runs wherever it is started.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+pub use dsbox_runtime::JoinPlan;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sendmsg, socketpair,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use crate::client::{KernelError, Result};
+use crate::{KERNEL_PY, ZYGOTE_PY};
+
+/// Largest message accepted from the zygote.
+const MAX_ZYGOTE_MESSAGE: usize = 256 << 10;
+
+/// Receive the kernel and zygote programs (two packets) on the control socket, register
+/// them as modules `dsbox_kernel` and `dsbox_zygote`, and run the zygote's `main()`.
+pub const ZYGOTE_BOOTSTRAP: &str = r#"import socket, sys, types
+fd = int(sys.argv[2])
+s = socket.socket(fileno=fd)
+for name in ("dsbox_kernel", "dsbox_zygote"):
+    src = s.recv(1 << 20)
+    if not src:
+        sys.exit("dsbox zygote bootstrap: control socket closed before the programs arrived")
+    m = types.ModuleType(name)
+    m.__file__ = "<%s>" % name
+    sys.modules[name] = m
+    exec(compile(src, m.__file__, "exec"), m.__dict__)
+s.detach()
+del s, src, m
+sys.exit(sys.modules["dsbox_zygote"].main(sys.argv[1:]))
+"#;
+
+/// Role of each fd passed with a spawn request, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdRole {
+    /// The kernel's end of its channel.
+    Channel,
+    /// A pidfd of the shell sandbox's init: pid namespace before fork, the rest after.
+    Pidfd,
+    /// A `cgroup.procs` fd of the shell's cgroup (the child writes "0").
+    Cgroup,
+}
+
+/// A message from the runtime to the zygote.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ZygoteRequest<'a> {
+    Spawn {
+        id: u64,
+        plan: &'a JoinPlan,
+        fds: Vec<FdRole>,
+    },
+    Ping {
+        id: u64,
+    },
+    Shutdown,
+}
+
+/// A message from the zygote to the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ZygoteEvent {
+    /// Preloading is done; `failed` lists modules that could not be imported.
+    Ready {
+        pid: u32,
+        python: String,
+        preloaded: Vec<String>,
+        failed: Vec<(String, String)>,
+    },
+    /// A child was forked (its pid in the zygote's pid namespace).
+    Spawned { id: u64, pid: u32 },
+    /// No child was forked: the step (`fds`, `setns_pid`, `fork`) and errno.
+    SpawnFailed {
+        id: Option<u64>,
+        step: String,
+        errno: i32,
+        detail: String,
+    },
+    /// A child ended (reaped by the zygote).
+    Exited {
+        id: Option<u64>,
+        pid: u32,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Pong {
+        id: Option<u64>,
+        children: u64,
+    },
+    /// The zygote rejected a request.
+    Error { detail: String },
+}
+
+/// How to start a zygote.
+#[derive(Debug, Clone)]
+pub struct ZygoteConfig {
+    pub python: PathBuf,
+    /// Modules imported before any fork (e.g. `numpy`, `pandas`).
+    pub preload: Vec<String>,
+    pub env: Vec<(OsString, OsString)>,
+    pub start_timeout: Duration,
+}
+
+impl ZygoteConfig {
+    pub fn new(python: impl Into<PathBuf>) -> ZygoteConfig {
+        ZygoteConfig {
+            python: python.into(),
+            preload: Vec::new(),
+            env: Vec::new(),
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The fds a child needs to join its sandbox.
+#[derive(Debug, Default)]
+pub struct SpawnFds<'a> {
+    pub pidfd: Option<BorrowedFd<'a>>,
+    pub cgroup_procs: Vec<BorrowedFd<'a>>,
+}
+
+/// A kernel child the zygote forked.
+#[derive(Debug)]
+pub struct SpawnedKernel {
+    pub id: u64,
+    /// Its pid in the zygote's pid namespace.
+    pub pid: u32,
+    /// The runtime's end of the kernel's channel (hand it to [`crate::KernelClient::connect`]).
+    pub channel: UnixStream,
+}
+
+/// A running zygote process.
+#[derive(Debug)]
+pub struct Zygote {
+    child: Child,
+    control: AsyncFd<OwnedFd>,
+    next_id: u64,
+    pending: VecDeque<ZygoteEvent>,
+    /// What the zygote reported when ready.
+    pub preloaded: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+impl Zygote {
+    /// Start a zygote and wait until it has preloaded its modules.
+    pub async fn start(config: &ZygoteConfig) -> Result<Zygote> {
+        let (parent, child_end) = seqpacket_pair()?;
+        let child_fd = child_end.as_raw_fd();
+        let mut cmd = Command::new(&config.python);
+        cmd.arg("-c")
+            .arg(ZYGOTE_BOOTSTRAP)
+            .arg("--control-fd")
+            .arg(child_fd.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if !config.preload.is_empty() {
+            cmd.arg("--preload").arg(config.preload.join(","));
+        }
+        cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
+        // SAFETY: runs in the forked child before exec and only calls fcntl
+        // (async-signal-safe) to let this one fd survive exec.
+        unsafe {
+            cmd.pre_exec(move || clear_cloexec(child_fd));
+        }
+        let child = cmd.spawn().map_err(|source| KernelError::Spawn {
+            python: config.python.clone(),
+            source,
+        })?;
+        drop(child_end);
+        // SAFETY: `parent` is an open OwnedFd moved into the AsyncFd, which owns it until
+        // dropped; its fd number never changes.
+        let control = unsafe { AsyncFd::register(parent) }.map_err(|e| e.into_parts().1)?;
+        let mut zygote = Zygote {
+            child,
+            control,
+            next_id: 1,
+            pending: VecDeque::new(),
+            preloaded: Vec::new(),
+            failed: Vec::new(),
+        };
+        zygote.send(KERNEL_PY.as_bytes(), &[]).await?;
+        zygote.send(ZYGOTE_PY.as_bytes(), &[]).await?;
+        let ready = tokio::time::timeout(config.start_timeout, zygote.recv())
+            .await
+            .map_err(|_| KernelError::StartFailed {
+                python: config.python.clone(),
+                reason: format!("the zygote was not ready within {:?}", config.start_timeout),
+                stderr: String::new(),
+            })??;
+        match ready {
+            ZygoteEvent::Ready {
+                preloaded, failed, ..
+            } => {
+                zygote.preloaded = preloaded;
+                zygote.failed = failed;
+                Ok(zygote)
+            }
+            other => Err(KernelError::StartFailed {
+                python: config.python.clone(),
+                reason: format!("the zygote sent {other:?} instead of ready"),
+                stderr: String::new(),
+            }),
+        }
+    }
+
+    /// The zygote process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Fork a kernel that joins a sandbox by `plan`, and return its channel.
+    pub async fn spawn(&mut self, plan: &JoinPlan, fds: SpawnFds<'_>) -> Result<SpawnedKernel> {
+        let (runtime_end, kernel_end) = std::os::unix::net::UnixStream::pair()?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut roles = vec![FdRole::Channel];
+        let mut raw: Vec<RawFd> = vec![kernel_end.as_raw_fd()];
+        if let Some(pidfd) = fds.pidfd {
+            roles.push(FdRole::Pidfd);
+            raw.push(pidfd.as_raw_fd());
+        }
+        for fd in &fds.cgroup_procs {
+            roles.push(FdRole::Cgroup);
+            raw.push(fd.as_raw_fd());
+        }
+        let body = serde_json::to_vec(&ZygoteRequest::Spawn {
+            id,
+            plan,
+            fds: roles,
+        })
+        .map_err(crate::protocol::ProtocolError::Encode)?;
+        self.send(&body, &raw).await?;
+        drop(kernel_end);
+        loop {
+            match self.recv().await? {
+                ZygoteEvent::Spawned { id: got, pid } if got == id => {
+                    runtime_end.set_nonblocking(true)?;
+                    return Ok(SpawnedKernel {
+                        id,
+                        pid,
+                        channel: UnixStream::from_std(runtime_end)?,
+                    });
+                }
+                ZygoteEvent::SpawnFailed {
+                    id: Some(got),
+                    step,
+                    errno,
+                    detail,
+                } if got == id => {
+                    return Err(KernelError::JoinFailed {
+                        step,
+                        errno,
+                        detail,
+                    });
+                }
+                ZygoteEvent::Error { detail } => {
+                    return Err(KernelError::StartFailed {
+                        python: PathBuf::from("zygote"),
+                        reason: detail,
+                        stderr: String::new(),
+                    });
+                }
+                other => self.pending.push_back(other),
+            }
+        }
+    }
+
+    /// The next event (child exits, mostly).
+    pub async fn next_event(&mut self) -> Result<ZygoteEvent> {
+        if let Some(event) = self.pending.pop_front() {
+            return Ok(event);
+        }
+        self.recv().await
+    }
+
+    /// Round trip to the zygote; returns how many children it tracks.
+    pub async fn ping(&mut self) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = serde_json::to_vec(&ZygoteRequest::Ping { id })
+            .map_err(crate::protocol::ProtocolError::Encode)?;
+        self.send(&body, &[]).await?;
+        loop {
+            match self.recv().await? {
+                ZygoteEvent::Pong { id: Some(got), children } if got == id => return Ok(children),
+                other => self.pending.push_back(other),
+            }
+        }
+    }
+
+    /// Ask the zygote to exit and reap it. Its children live on in their sandboxes.
+    pub async fn shutdown(mut self) -> Result<std::process::ExitStatus> {
+        let body = serde_json::to_vec(&ZygoteRequest::Shutdown)
+            .map_err(crate::protocol::ProtocolError::Encode)?;
+        let _ = self.send(&body, &[]).await;
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                self.child.start_kill()?;
+                Ok(self.child.wait().await?)
+            }
+        }
+    }
+
+    async fn send(&self, body: &[u8], fds: &[RawFd]) -> Result<()> {
+        let iov = [IoSlice::new(body)];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+        self.control
+            .async_io(Interest::WRITABLE, |fd| {
+                sendmsg::<UnixAddr>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)
+                    .map_err(std::io::Error::from)
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn recv(&self) -> Result<ZygoteEvent> {
+        let mut buf = vec![0u8; MAX_ZYGOTE_MESSAGE];
+        let n = self
+            .control
+            .async_io(Interest::READABLE, |fd| {
+                // MSG_TRUNC: the packet's real length, to detect an oversized message.
+                nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC)
+                    .map_err(std::io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            return Err(KernelError::StartFailed {
+                python: PathBuf::from("zygote"),
+                reason: "the zygote closed its control socket (it exited)".to_owned(),
+                stderr: String::new(),
+            });
+        }
+        if n > buf.len() {
+            return Err(crate::protocol::ProtocolError::FrameTooLarge {
+                len: n as u64,
+                max: buf.len(),
+            }
+            .into());
+        }
+        serde_json::from_slice(&buf[..n]).map_err(|source| {
+            crate::protocol::ProtocolError::InvalidMessage { len: n, source }.into()
+        })
+    }
+}
+
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(std::io::Error::from)?;
+    // The child's end is blocking (Python reads it with plain recv calls).
+    nix::fcntl::fcntl(&b, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
+        .map_err(std::io::Error::from)?;
+    Ok((a, b))
+}
+
+/// Let `fd` survive exec (called between fork and exec).
+fn clear_cloexec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on an fd number has no memory-safety preconditions.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
