@@ -154,8 +154,19 @@ struct BuildState {
     warnings: Vec<String>,
 }
 
+/// What [`build`] did.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub entry: StoreEntry,
+    /// Wall time of this build.
+    pub seconds: f64,
+    /// The result was identical to an object already stored (same content hash): the name
+    /// now points at that object, whose manifest records its first build.
+    pub deduplicated: bool,
+}
+
 /// Builds a rootfs and stores it under its name. On any error nothing is left behind.
-pub fn build(store: &Store, opts: &BuildOptions, progress: &Progress) -> Result<StoreEntry> {
+pub fn build(store: &Store, opts: &BuildOptions, progress: &Progress) -> Result<Built> {
     let started = Instant::now();
     let name = opts.store_name();
     validate_name(&name)?;
@@ -222,11 +233,16 @@ pub fn build(store: &Store, opts: &BuildOptions, progress: &Progress) -> Result<
         files: hashed.files,
     };
     manifest.write(&temp.path().join("manifest.json"))?;
-    store.commit(temp, &name, &manifest.content_hash)?;
+    let (_, deduplicated) = store.commit(temp, &name, &manifest.content_hash)?;
     progress.finish();
-    store.get(&name)?.ok_or_else(|| RootfsError::NotFound {
+    let entry = store.get(&name)?.ok_or_else(|| RootfsError::NotFound {
         name: name.clone(),
         store: store.root().to_path_buf(),
+    })?;
+    Ok(Built {
+        entry,
+        seconds: started.elapsed().as_secs_f64(),
+        deduplicated,
     })
 }
 

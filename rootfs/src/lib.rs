@@ -26,7 +26,7 @@ mod store;
 
 use std::path::PathBuf;
 
-pub use build::{Base, BuildOptions, build};
+pub use build::{Base, BuildOptions, Built, build};
 pub use error::{Result, RootfsError};
 pub use installer::{Installer, InstallerChoice, parse_lock};
 pub use manifest::{
@@ -160,8 +160,8 @@ pub fn ensure(name: &str, opts: &EnsureOptions, progress: &Progress) -> Result<R
     build_opts.base = opts.base.clone();
     build_opts.installer = opts.installer;
     build_opts.profiles_dir = opts.profiles_dir.clone();
-    let entry = build(&opts.store, &build_opts, progress)?;
-    Ok(Rootfs::from_entry(entry))
+    let built = build(&opts.store, &build_opts, progress)?;
+    Ok(Rootfs::from_entry(built.entry))
 }
 
 /// Opens a built rootfs without building.

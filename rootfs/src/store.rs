@@ -184,14 +184,21 @@ impl Store {
     }
 
     /// Moves a finished build into `objects/<hex>` (or drops it when an identical object
-    /// exists) and points `name` at it. Returns the object dir.
-    pub fn commit(&self, mut build: TempBuild, name: &str, content_hash: &str) -> Result<PathBuf> {
+    /// exists) and points `name` at it. Returns the object dir and whether an identical
+    /// object existed already (its manifest, from the first build, is kept).
+    pub fn commit(
+        &self,
+        mut build: TempBuild,
+        name: &str,
+        content_hash: &str,
+    ) -> Result<(PathBuf, bool)> {
         let hex = content_hash.trim_start_matches("sha256:");
         let _lock = self.lock()?;
         let object = self.objects_dir().join(hex);
         let owner = build.dir.join("owner");
         std::fs::remove_file(&owner).at(&owner)?;
-        if object.exists() {
+        let existed = object.exists();
+        if existed {
             // Same content already stored: keep the existing object (it may be in use).
             remove_tree(&build.dir)?;
         } else {
@@ -205,7 +212,7 @@ impl Store {
         std::os::unix::fs::symlink(Path::new("../objects").join(hex), &tmp_link).at(&tmp_link)?;
         let link = self.names_dir().join(name);
         std::fs::rename(&tmp_link, &link).at(&link)?;
-        Ok(object)
+        Ok((object, existed))
     }
 
     /// Removes the name; its object too when no other name points at it. Returns whether
@@ -232,7 +239,8 @@ impl Store {
             .unwrap_or_default();
         if !hex.is_empty() && !referenced.contains(&hex) {
             let object = self.objects_dir().join(&hex);
-            if object.exists() {
+            let existed = object.exists();
+            if existed {
                 remove_tree(&object)?;
                 return Ok(true);
             }
@@ -425,7 +433,7 @@ mod tests {
         std::fs::create_dir(build.path().join("env")).unwrap();
         let json = serde_json::to_vec(&header(name)).unwrap();
         std::fs::write(build.path().join("manifest.json"), json).unwrap();
-        store.commit(build, name, hex).unwrap()
+        store.commit(build, name, hex).unwrap().0
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn build_from(
     opts.base = Base::Oci(source.to_path_buf());
     opts.name = Some(name.to_string());
     opts.profiles_dir = None;
-    dsbox_rootfs::build(store, &opts, &Progress::hidden())
+    dsbox_rootfs::build(store, &opts, &Progress::hidden()).map(|b| b.entry)
 }
 
 fn chroot_run(root: &Path, program: &str, code: &str) -> String {

@@ -233,3 +233,58 @@ fn corrupt_hashes(lock: &str) -> String {
     }
     out
 }
+
+#[test]
+#[ignore = "debootstraps a Debian minbase from the network (about a minute); run with --ignored"]
+fn debootstrap_base_builds_a_hermetic_tree() {
+    let dir = scratch();
+    let store = dir.path();
+    rootfs(
+        store,
+        &[
+            "build",
+            "--profile",
+            "minimal",
+            "--base",
+            "debootstrap",
+            "--extra",
+            "tabulate",
+        ],
+    )
+    .ok();
+    let show = rootfs(store, &["show", "minimal-debootstrap", "--json"])
+        .ok()
+        .json();
+    assert_eq!(show["layout"], "dir");
+    assert_eq!(show["base"]["kind"], "debootstrap");
+    let env = env_dir(store, "minimal-debootstrap");
+    let root = env.ancestors().nth(3).unwrap();
+    for dir in [
+        "proc",
+        "dev",
+        "tmp",
+        "workdir",
+        "submission",
+        "data",
+        "opt/dsbox/env",
+    ] {
+        assert!(root.join(dir).is_dir(), "{dir}");
+    }
+    let out = output(
+        std::process::Command::new("/usr/sbin/chroot")
+            .arg(root)
+            .args([
+                "/opt/dsbox/env/bin/python",
+                "-c",
+                "import sys, tabulate; print(sys.prefix, tabulate.__file__)",
+            ]),
+    );
+    assert!(
+        out.ok()
+            .stdout
+            .starts_with("/opt/dsbox/env /opt/dsbox/env/lib/python3"),
+        "{}",
+        out.stdout
+    );
+    rootfs(store, &["verify", "minimal-debootstrap"]).ok();
+}

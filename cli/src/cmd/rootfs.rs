@@ -194,7 +194,8 @@ fn build(store: &Store, args: BuildArgs) -> anyhow::Result<ExitCode> {
     opts.debian_suite = args.suite;
     opts.debian_mirror = args.mirror;
     let progress = Progress::auto();
-    let entry = dsbox_rootfs::build(store, &opts, &progress)?;
+    let built = dsbox_rootfs::build(store, &opts, &progress)?;
+    let entry = &built.entry;
     let h = &entry.header;
     if args.json {
         say!("{}", serde_json::to_string_pretty(h)?);
@@ -205,9 +206,12 @@ fn build(store: &Store, args: BuildArgs) -> anyhow::Result<ExitCode> {
             h.packages.len(),
             human_size(h.size_bytes),
             h.file_count,
-            h.build_seconds,
+            built.seconds,
             short_hash(&h.content_hash)
         );
+        if built.deduplicated {
+            say!("  identical to a rootfs already stored: sharing its files");
+        }
         say!("  python {} via {}", h.python_version, h.installer);
         say!("  lock   {}", entry.object_dir.join("lock.txt").display());
     }
@@ -289,7 +293,15 @@ fn show(store: &Store, name: &str, json: bool) -> anyhow::Result<ExitCode> {
     say!("name        {}", rootfs.name);
     say!("profile     {}", h.profile);
     say!("base        {} ({})", h.base.kind, h.base.source);
-    say!("layout      {:?}", rootfs.layout);
+    match &rootfs.layout {
+        dsbox_rootfs::RootfsLayout::Host { env_dir } => {
+            say!(
+                "layout      host system dirs + {} at /opt/dsbox/env",
+                env_dir.display()
+            )
+        }
+        dsbox_rootfs::RootfsLayout::Dir { root } => say!("layout      root {}", root.display()),
+    }
     say!(
         "python      {} at {}",
         h.python_version,
