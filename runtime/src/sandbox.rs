@@ -214,6 +214,13 @@ pub fn cgroup_system() -> &'static CgroupSystem {
     &host().cgroups
 }
 
+/// DSBOX_PROFILE=1: timestamp every mount operation and payload step (read once, in
+/// the parent).
+fn profile() -> bool {
+    static P: OnceLock<bool> = OnceLock::new();
+    *P.get_or_init(|| std::env::var_os("DSBOX_PROFILE").is_some_and(|v| v == "1"))
+}
+
 fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -281,6 +288,7 @@ pub struct Sandbox {
     payload_status: Option<i32>,
     killed: Option<KillReason>,
     report: Option<ExitReport>,
+    init_reaped: bool,
     join: JoinPlan,
     destroyed: bool,
 }
@@ -328,65 +336,28 @@ impl Sandbox {
         let landlock_plan = LandlockPlan::for_spec(spec, landlock::kernel_abi());
         let mounts = MountPlan::build(spec, &host.staging, userns)?;
         let id = new_id();
-
-        let limits = CgroupLimits {
-            memory: spec.limits.memory,
-            pids: spec.limits.pids,
-            cpus: spec.limits.cpus,
-            freezer: !spec.namespaces.pid,
-        };
-        let cgroup = match host
-            .cgroups
-            .create(&id, spec.cgroup_parent.as_deref(), &limits)
-        {
-            Ok(cg) => cg,
-            Err(e)
-                if !spec.require.contains(&Protection::Cgroup)
-                    && limits.memory.is_none()
-                    && limits.pids.is_none()
-                    && limits.cpus.is_none() =>
-            {
-                tracing::warn!("running without a cgroup: {e}");
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let result = Self::spawn_in(spec, opts, request_ns, id, cgroup, mounts, seccomp, landlock_plan, userns);
-        result.map_err(|(err, cgroup)| {
-            if let Some(cg) = cgroup
-                && let Err(cleanup) = cg.remove()
-            {
-                return Error::WithCleanup {
-                    first: Box::new(err),
-                    cleanup: Box::new(cleanup.into()),
-                };
-            }
-            err
-        })
+        Self::spawn_in(spec, opts, request_ns, id, mounts, seccomp, landlock_plan, userns)
     }
 
-    #[allow(clippy::too_many_arguments, clippy::result_large_err)]
+    #[allow(clippy::too_many_arguments)]
     fn spawn_in(
         spec: &SandboxSpec,
         opts: SpawnOptions,
         request_ns: u64,
         id: String,
-        cgroup: Option<SandboxCgroup>,
         mounts: MountPlan,
         seccomp: Option<BpfProgram>,
         landlock_plan: Option<LandlockPlan>,
         userns: bool,
-    ) -> std::result::Result<Sandbox, (Error, Option<SandboxCgroup>)> {
+    ) -> Result<Sandbox> {
         macro_rules! tri {
             ($e:expr) => {
                 match $e {
                     Ok(v) => v,
-                    Err(e) => return Err((Error::from(e), cgroup)),
+                    Err(e) => return Err(Error::from(e)),
                 }
             };
         }
-        let procs = cgroup.as_ref().map(SandboxCgroup::open_procs).transpose();
-        let cgroup_procs = tri!(procs).unwrap_or_default();
         let process = spec.process.clone().unwrap_or_default();
         let env = process.effective_env();
         let (parent_chan, child_chan) = tri!(Channel::pair());
@@ -463,12 +434,12 @@ impl Sandbox {
             rlimits: spec.limits.rlimits.clone(),
             fd_moves: fd_moves.clone(),
             close_ranges: close_ranges(&targets),
+            profile: profile(),
         });
         let plan = ChildPlan {
             unshare_flags: namespaces::unshare_flags(spec),
             userns,
             pidns: spec.namespaces.pid,
-            cgroup_procs: cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
             mounts,
             hostname: spec.hostname.as_bytes().to_vec(),
             loopback: spec.network == Network::None,
@@ -479,15 +450,50 @@ impl Sandbox {
             },
             payload_hardening: hardening,
             die_with_parent: opts.die_with_runtime,
+            profile: profile(),
             runtime_pid: std::process::id() as i32,
         };
-        let started = tri!(start::start(
-            &plan,
-            parent_chan,
-            child_fd,
-            process.uid,
-            process.gid
-        ));
+        // The cgroup(s) are created after the fork, while the middle process unshares.
+        let mut cgroup: Option<SandboxCgroup> = None;
+        let mut cgroup_procs: Vec<OwnedFd> = Vec::new();
+        let limits = CgroupLimits {
+            memory: spec.limits.memory,
+            pids: spec.limits.pids,
+            cpus: spec.limits.cpus,
+            freezer: !spec.namespaces.pid,
+        };
+        let no_limits = limits.memory.is_none() && limits.pids.is_none() && limits.cpus.is_none();
+        let mut join = || -> std::result::Result<Vec<RawFd>, start::StartError> {
+            match host().cgroups.create(&id, spec.cgroup_parent.as_deref(), &limits) {
+                Ok(Some(cg)) => {
+                    let fds = cg.open_procs();
+                    cgroup = Some(cg);
+                    cgroup_procs = fds?;
+                }
+                Ok(None) => {}
+                Err(e) if !spec.require.contains(&Protection::Cgroup) && no_limits => {
+                    tracing::warn!("running without a cgroup: {e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok(cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect())
+        };
+        let started = start::start(&plan, parent_chan, child_fd, process.uid, process.gid, &mut join);
+        let started = match started {
+            Ok(s) => s,
+            Err(err) => {
+                drop(cgroup_procs);
+                if let Some(cg) = cgroup
+                    && let Err(cleanup) = cg.remove()
+                {
+                    return Err(Error::WithCleanup {
+                        first: Box::new(err.into()),
+                        cleanup: Box::new(cleanup.into()),
+                    });
+                }
+                return Err(err.into());
+            }
+        };
         drop(held);
         drop(opts);
 
@@ -532,6 +538,7 @@ impl Sandbox {
             payload_status: None,
             killed: None,
             report: None,
+            init_reaped: false,
             join,
             destroyed: false,
         };
@@ -606,8 +613,8 @@ impl Sandbox {
         if let Some(r) = &self.report {
             return Ok(Some(r.clone()));
         }
-        if self.poll_exit(0) {
-            return self.reap().map(Some);
+        if let Some(report) = self.poll_end(0) {
+            return Ok(Some(report));
         }
         if let Some(deadline) = self.deadline_ns()
             && monotonic_ns() >= deadline
@@ -620,7 +627,9 @@ impl Sandbox {
         Ok(None)
     }
 
-    /// Wait for the end, killing the sandbox when its timeout passes.
+    /// Wait for the end, killing the sandbox when its timeout passes. Returns when the
+    /// payload's exit is known (init reports it before leaving); init itself is reaped by
+    /// `destroy`, so the namespace teardown is not on this path.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -652,41 +661,51 @@ impl Sandbox {
                 }
                 _ => -1,
             };
-            if self.poll_exit(timeout_ms) {
-                return self.reap();
+            if let Some(report) = self.poll_end(timeout_ms) {
+                return Ok(report);
             }
         }
     }
 
-    fn poll_exit(&self, timeout_ms: i32) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: pfd is one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        n > 0 && pfd.revents != 0
+    /// Poll init's pidfd and the channel; build the report when the end is known.
+    fn poll_end(&mut self, timeout_ms: i32) -> Option<ExitReport> {
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.channel.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: pfds is an array of two valid pollfds.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
+        if n <= 0 {
+            return None;
+        }
+        if pfds[1].revents != 0 {
+            self.drain_channel();
+        }
+        if pfds[0].revents != 0 {
+            let status = self.reap_init();
+            self.drain_channel();
+            return Some(self.finish(status));
+        }
+        if self.pidns && self.payload_status.is_some() {
+            return Some(self.finish(None));
+        }
+        None
     }
 
-    fn reap(&mut self) -> Result<ExitReport> {
-        let mut status = 0;
-        let init_status = loop {
-            // SAFETY: status is a valid out-pointer; init_pid is our child.
-            let rc = unsafe { libc::waitpid(self.init_pid, &mut status, libc::__WALL) };
-            if rc == self.init_pid {
-                break Some(status);
-            }
-            if rc < 0 && Errno::last() == Errno::EINTR {
-                continue;
-            }
-            break None;
-        };
-        let exited_ns = monotonic_ns();
+    fn drain_channel(&mut self) {
         while let Ok(Some(msg)) = self.channel.try_recv() {
             match msg {
                 Message::PayloadExited { status } => self.payload_status = Some(status),
                 Message::ExecFailed { errno } => self.exec_errno = Some(errno),
+                Message::PayloadSteps { steps } => self.timings.steps.extend(steps),
                 Message::SetupFailed(e) => tracing::warn!(
                     "sandbox {}: init failed after start while {}: {}",
                     self.id,
@@ -696,6 +715,32 @@ impl Sandbox {
                 _ => {}
             }
         }
+    }
+
+    /// waitpid for init (blocking). Returns the wait status, or None if it was reaped
+    /// already (by us, or by someone else's `waitpid(-1)`).
+    fn reap_init(&mut self) -> Option<i32> {
+        if self.init_reaped {
+            return None;
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: status is a valid out-pointer; init_pid is our child.
+            let rc = unsafe { libc::waitpid(self.init_pid, &mut status, libc::__WALL) };
+            if rc == self.init_pid {
+                self.init_reaped = true;
+                return Some(status);
+            }
+            if rc < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            self.init_reaped = true;
+            return None;
+        }
+    }
+
+    fn finish(&mut self, init_status: Option<i32>) -> ExitReport {
+        let exited_ns = monotonic_ns();
         let status = match (self.pidns, self.payload_status, init_status) {
             (true, Some(s), _) => ExitStatus::from_wait(s),
             (_, _, Some(s)) => ExitStatus::from_wait(s),
@@ -726,7 +771,7 @@ impl Sandbox {
             timings: self.timings.clone(),
         };
         self.report = Some(report.clone());
-        Ok(report)
+        report
     }
 
     fn kill_for(&mut self, reason: KillReason) -> Result<()> {
@@ -738,6 +783,13 @@ impl Sandbox {
     /// every process of the cgroup when there is no pid namespace.
     pub fn kill(&mut self) -> Result<()> {
         if self.report.is_some() {
+            return Ok(());
+        }
+        self.send_kill()
+    }
+
+    fn send_kill(&mut self) -> Result<()> {
+        if self.init_reaped {
             return Ok(());
         }
         // SAFETY: pidfd_send_signal on our pidfd with no siginfo.
@@ -776,13 +828,16 @@ impl Sandbox {
         }
         self.destroyed = true;
         let mut first: Option<Error> = None;
-        if self.report.is_none() {
-            if let Err(e) = self.kill() {
+        if !self.init_reaped {
+            // After a reported end, init is leaving by itself; otherwise this kills the
+            // sandbox. Either way, SIGKILL makes sure nothing lingers.
+            if let Err(e) = self.send_kill() {
                 first.get_or_insert(e);
             }
-            while !self.poll_exit(-1) {}
-            if let Err(e) = self.reap() {
-                first.get_or_insert(e);
+            let status = self.reap_init();
+            if self.report.is_none() {
+                self.drain_channel();
+                self.finish(status);
             }
         }
         self.cgroup_procs.clear();

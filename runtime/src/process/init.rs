@@ -40,10 +40,21 @@ fn fail(channel: RawFd, err: StepError) -> ! {
 /// switch clears permitted/effective) → clear what is left → no_new_privs → landlock →
 /// seccomp last, so the filter does not have to allow the setup syscalls.
 pub fn harden(sys: &dyn Syscall, h: &Hardening, with_landlock: bool) -> Result<(), StepError> {
+    harden_profiled(sys, h, with_landlock, &mut |_| {})
+}
+
+fn harden_profiled(
+    sys: &dyn Syscall,
+    h: &Hardening,
+    with_landlock: bool,
+    mark: &mut dyn FnMut(Step),
+) -> Result<(), StepError> {
     if h.drop_caps {
         capabilities::drop_before_setuid(sys, h.last_cap)?;
+        mark(Step::DropCapabilities);
         capabilities::set_ids(sys, h.uid, h.gid, h.setgroups)?;
         capabilities::clear_remaining(sys)?;
+        mark(Step::SetIds);
     }
     let needs_nnp = h.no_new_privs || h.seccomp.is_some() || (with_landlock && h.landlock.is_some());
     if needs_nnp {
@@ -52,10 +63,12 @@ pub fn harden(sys: &dyn Syscall, h: &Hardening, with_landlock: bool) -> Result<(
     }
     if with_landlock && let Some(ll) = &h.landlock {
         ll.apply(sys)?;
+        mark(Step::Landlock);
     }
     if let Some(bpf) = &h.seccomp {
         bpf.apply(sys)
             .map_err(|e| StepError::new(Step::Seccomp, e, None))?;
+        mark(Step::Seccomp);
     }
     Ok(())
 }
@@ -63,6 +76,24 @@ pub fn harden(sys: &dyn Syscall, h: &Hardening, with_landlock: bool) -> Result<(
 /// Steps of the payload before exec: stdio and passed fds, close the rest, cwd, rlimits,
 /// hardening. Separate from the exec so unit tests can run it on the fake.
 pub fn prepare_payload(sys: &dyn Syscall, plan: &PayloadPlan, h: &Hardening) -> Result<(), StepError> {
+    prepare_payload_profiled(sys, plan, h, &mut Vec::new())
+}
+
+fn prepare_payload_profiled(
+    sys: &dyn Syscall,
+    plan: &PayloadPlan,
+    h: &Hardening,
+    steps: &mut Vec<StepTime>,
+) -> Result<(), StepError> {
+    let mut mark = |step| {
+        if plan.profile {
+            steps.push(StepTime {
+                step,
+                at_ns: monotonic_ns(),
+            });
+        }
+    };
+    mark(Step::ForkPayload);
     for &(from, to) in &plan.fd_moves {
         sys.dup2(from, to)
             .map_err(|e| StepError::new(Step::Stdio, e, None))?;
@@ -71,10 +102,12 @@ pub fn prepare_payload(sys: &dyn Syscall, plan: &PayloadPlan, h: &Hardening) -> 
         sys.close_range(first, last)
             .map_err(|e| StepError::new(Step::CloseFds, e, None))?;
     }
+    mark(Step::CloseFds);
     sys.chdir(&plan.cwd)
         .map_err(|e| StepError::new(Step::Chdir, e, Some(&plan.cwd)))?;
     rlimits::apply(sys, &plan.rlimits)?;
-    harden(sys, h, true)
+    mark(Step::Rlimits);
+    harden_profiled(sys, h, true, &mut mark)
 }
 
 fn reset_signals() {
@@ -98,8 +131,12 @@ pub fn payload_exec(plan: &PayloadPlan, h: &Hardening, channel: RawFd) -> ! {
     reset_signals();
     // SAFETY: umask has no failure mode.
     unsafe { libc::umask(0o022) };
-    if let Err(e) = prepare_payload(&sys, plan, h) {
+    let mut steps = Vec::new();
+    if let Err(e) = prepare_payload_profiled(&sys, plan, h, &mut steps) {
         fail(channel, e);
+    }
+    if plan.profile {
+        send_quiet(channel, &Message::PayloadSteps { steps });
     }
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -131,7 +168,7 @@ pub fn setup_environment(
     plan: &ChildPlan,
     steps: &mut Vec<StepTime>,
 ) -> Result<(), StepError> {
-    plan.mounts.apply(sys)?;
+    plan.mounts.apply_profiled(sys, steps, plan.profile)?;
     steps.push(StepTime {
         step: Step::PivotRoot,
         at_ns: monotonic_ns(),
@@ -158,19 +195,11 @@ pub fn middle_main(plan: &ChildPlan, channel: RawFd) -> ! {
     reset_signals();
     // SAFETY: umask has no failure mode; 0 so modes in the mount plan are exact.
     unsafe { libc::umask(0) };
-    // Join before unshare: the cgroup namespace is then rooted at the sandbox's own
-    // cgroup, and nothing of the sandbox ever runs outside its limits.
-    for &fd in &plan.cgroup_procs {
-        if let Err(e) = sys.join_cgroup(fd) {
-            fail(channel, StepError::new(Step::JoinCgroup, e, None));
-        }
-        let _ = sys.close(fd);
-    }
-    steps.push(StepTime {
-        step: Step::JoinCgroup,
-        at_ns: monotonic_ns(),
-    });
-    if let Err(e) = sys.unshare(plan.unshare_flags) {
+    // The runtime moves this process into the sandbox's cgroup(s) while we create the
+    // namespaces: a cgroup v1 migration waits for an RCU grace period, which then
+    // overlaps with the (also slow) network namespace creation. The cgroup namespace is
+    // created only after the move, so it is rooted at the sandbox's own cgroup.
+    if let Err(e) = sys.unshare(plan.unshare_flags & !libc::CLONE_NEWCGROUP) {
         fail(channel, StepError::new(Step::Unshare, e, None));
     }
     steps.push(StepTime {
@@ -179,19 +208,23 @@ pub fn middle_main(plan: &ChildPlan, channel: RawFd) -> ! {
     });
     if plan.userns {
         send_quiet(channel, &Message::IdMapRequest);
-        let mut buf = [0u8; 256];
-        // SAFETY: buf is a valid buffer; we only wait for the runtime's go-ahead.
-        let n = unsafe { libc::recv(channel, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let ok = n > 0
-            && serde_json::from_slice::<Message>(&buf[..n as usize])
-                .is_ok_and(|m| m == Message::IdMapDone);
-        if !ok {
-            fail(channel, StepError::new(Step::WaitIdMap, Errno::EPROTO, None));
-        }
-        steps.push(StepTime {
-            step: Step::WaitIdMap,
-            at_ns: monotonic_ns(),
-        });
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is a valid buffer; we wait for the runtime's go-ahead.
+    let n = unsafe { libc::recv(channel, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let go = n > 0
+        && serde_json::from_slice::<Message>(&buf[..n as usize]).is_ok_and(|m| m == Message::Go);
+    if !go {
+        fail(channel, StepError::new(Step::WaitGo, Errno::EPROTO, None));
+    }
+    steps.push(StepTime {
+        step: Step::WaitGo,
+        at_ns: monotonic_ns(),
+    });
+    if plan.unshare_flags & libc::CLONE_NEWCGROUP != 0
+        && let Err(e) = sys.unshare(libc::CLONE_NEWCGROUP)
+    {
+        fail(channel, StepError::new(Step::UnshareCgroup, e, None));
     }
     if !plan.pidns {
         // No pid namespace (the zygote role): this process is the sandbox.
@@ -293,6 +326,20 @@ fn init_main(plan: &ChildPlan, channel: RawFd, mut steps: Vec<StepTime>) -> ! {
     // SAFETY: set is a valid sigset_t.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
+    // `Ready` goes out before the payload is forked, so the runtime's bookkeeping
+    // (pidfd, state record) overlaps with the payload's own setup.
+    steps.push(StepTime {
+        step: Step::SetupDone,
+        at_ns: monotonic_ns(),
+    });
+    if let Ok(bytes) = serde_json::to_vec(&Message::Ready {
+        payload_pid: None,
+        steps,
+    }) && super::channel::send_raw(channel, &bytes).is_err()
+    {
+        // The runtime is gone: nobody will wait for this sandbox.
+        exit(SETUP_FAILED);
+    }
     let mut payload_pid = None;
     if let Some(payload) = &plan.payload {
         // SAFETY: fork in a single-threaded process; the child only runs payload_exec.
@@ -301,16 +348,6 @@ fn init_main(plan: &ChildPlan, channel: RawFd, mut steps: Vec<StepTime>) -> ! {
             0 => payload_exec(payload, &plan.payload_hardening, channel),
             pid => payload_pid = Some(pid),
         }
-    }
-    steps.push(StepTime {
-        step: Step::ForkPayload,
-        at_ns: monotonic_ns(),
-    });
-    if let Ok(bytes) = serde_json::to_vec(&Message::Ready { payload_pid, steps })
-        && super::channel::send_raw(channel, &bytes).is_err()
-    {
-        // The runtime is gone: nobody will wait for this sandbox.
-        exit(SETUP_FAILED);
     }
 
     // Init keeps nothing but the channel: no stdio, no fd of the runtime.
@@ -392,6 +429,7 @@ mod tests {
             rlimits: crate::spec::Limits::default().rlimits,
             fd_moves: vec![(10, 0), (11, 3)],
             close_ranges: super::super::close_ranges(&[0, 1, 2, 3, 9]),
+            profile: false,
         }
     }
 

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub enum Step {
     JoinCgroup,
     Unshare,
-    WaitIdMap,
+    WaitGo,
+    UnshareCgroup,
     CloneInit,
     MountPrivate,
     MountRoot,
@@ -45,7 +46,8 @@ impl Step {
         match self {
             Step::JoinCgroup => "joining the cgroup",
             Step::Unshare => "creating namespaces (unshare)",
-            Step::WaitIdMap => "waiting for the uid/gid map",
+            Step::WaitGo => "waiting for the cgroup join and uid/gid map",
+            Step::UnshareCgroup => "creating the cgroup namespace",
             Step::CloneInit => "starting init (clone)",
             Step::MountPrivate => "making mounts private",
             Step::MountRoot => "mounting the root filesystem",
@@ -115,8 +117,9 @@ pub struct StepTime {
 pub enum Message {
     /// middle → runtime: the user namespace exists; write uid_map/gid_map for me.
     IdMapRequest,
-    /// runtime → middle: the maps are written, go on.
-    IdMapDone,
+    /// runtime → middle: the middle process is in the sandbox's cgroup(s) (and its id
+    /// maps are written, with a user namespace): go on.
+    Go,
     /// middle → runtime: init was cloned; its pid in the runtime's pid namespace.
     InitStarted { pid: i32, steps: Vec<StepTime> },
     /// init (or middle without pid ns) → runtime: setup done, payload forked (or shell waiting).
@@ -126,6 +129,8 @@ pub enum Message {
     },
     /// any child → runtime: a setup step failed.
     SetupFailed(StepError),
+    /// payload → runtime (profiling only): its step times, sent just before execve.
+    PayloadSteps { steps: Vec<StepTime> },
     /// payload → runtime: execve failed for every candidate path.
     ExecFailed { errno: i32 },
     /// init → runtime: the payload ended with this wait status.

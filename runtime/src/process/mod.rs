@@ -52,6 +52,8 @@ pub struct PayloadPlan {
     pub fd_moves: Vec<(RawFd, RawFd)>,
     /// fd ranges to close (inclusive), computed from the fds the payload keeps.
     pub close_ranges: Vec<(u32, u32)>,
+    /// Send the payload's step times before execve (DSBOX_PROFILE=1).
+    pub profile: bool,
 }
 
 /// Everything the middle process, init and the payload need, prepared by the runtime.
@@ -60,8 +62,6 @@ pub struct ChildPlan {
     pub unshare_flags: libc::c_int,
     pub userns: bool,
     pub pidns: bool,
-    /// `cgroup.procs` fds to write "0" to (join before anything else happens).
-    pub cgroup_procs: Vec<RawFd>,
     pub mounts: MountPlan,
     pub hostname: Vec<u8>,
     pub loopback: bool,
@@ -70,6 +70,9 @@ pub struct ChildPlan {
     pub init_hardening: Hardening,
     /// Kill init when the runtime's thread that started it dies (PR_SET_PDEATHSIG).
     pub die_with_parent: bool,
+    /// Record a timestamp after every mount operation and every payload step
+    /// (DSBOX_PROFILE=1).
+    pub profile: bool,
     /// The runtime's pid, to detect that it died before PR_SET_PDEATHSIG took effect.
     pub runtime_pid: i32,
 }

@@ -18,6 +18,8 @@ pub enum StartError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     IdMap(#[from] NamespaceError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("sandbox setup failed while {step}{}: {errno}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(), errno = nix::errno::Errno::from_raw(*errno))]
     Setup {
         step: super::message::Step,
@@ -101,12 +103,16 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd, StartError> {
 
 /// Fork the middle process and drive the start path until init reports `Ready`.
 /// `child_channel` must already sit above every fd number the payload will use.
+/// `join_cgroups` runs right after the fork, while the middle process creates its
+/// namespaces: it creates the sandbox's cgroup(s) and returns their `cgroup.procs` fds,
+/// into which the middle process's pid is then written.
 pub fn start(
     plan: &ChildPlan,
     parent: Channel,
     child_channel: OwnedFd,
     sandbox_uid: u32,
     sandbox_gid: u32,
+    join_cgroups: &mut dyn FnMut() -> Result<Vec<RawFd>, StartError>,
 ) -> Result<Started, StartError> {
     let child_fd = child_channel.as_raw_fd();
     // SAFETY: glibc's fork; the child runs only `middle_main`, which never returns and
@@ -126,6 +132,43 @@ pub fn start(
 
     let mut init_pid = None;
     let mut steps = Vec::new();
+    // Move the middle process into the sandbox's cgroup(s) while it unshares; init and
+    // the payload inherit the cgroup. Nothing of the sandbox runs before `Go`.
+    let cgroup_procs = match join_cgroups() {
+        Ok(fds) => fds,
+        Err(e) => {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(middle, libc::SIGKILL) };
+            waitpid_blocking(middle);
+            return Err(e);
+        }
+    };
+    let mut join_error = None;
+    let pid_text = middle.to_string();
+    for &fd in &cgroup_procs {
+        // SAFETY: writes pid_text's bytes to an open cgroup.procs fd.
+        let n = unsafe { libc::write(fd, pid_text.as_ptr().cast(), pid_text.len()) };
+        if n < 0 && join_error.is_none() {
+            join_error = Some(nix::errno::Errno::last());
+        }
+    }
+    steps.push(StepTime {
+        step: super::message::Step::JoinCgroup,
+        at_ns: monotonic_ns(),
+    });
+    if let Some(errno) = join_error {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(middle, libc::SIGKILL) };
+        waitpid_blocking(middle);
+        return Err(StartError::Setup {
+            step: super::message::Step::JoinCgroup,
+            errno: errno as i32,
+            detail: None,
+        });
+    }
+    if !plan.userns {
+        parent.send(&Message::Go)?;
+    }
     let mut exec_failed = None;
     let cleanup = |init_pid: Option<i32>| {
         if let Some(pid) = init_pid {
@@ -139,7 +182,32 @@ pub fn start(
             waitpid_blocking(middle);
         }
     };
+    let mut ready: Option<(Option<i32>, u64)> = None;
     loop {
+        if let (Some(init), Some((payload_pid, ready_ns))) = (init_pid, ready) {
+            if init != middle {
+                // The middle process exits right after cloning init.
+                waitpid_blocking(middle);
+            }
+            let pidfd = match pidfd_open(init) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    cleanup(Some(init));
+                    return Err(e);
+                }
+            };
+            steps.sort_by_key(|s| s.at_ns);
+            return Ok(Started {
+                init_pid: init,
+                pidfd,
+                payload_pid,
+                channel: parent,
+                steps,
+                forked_ns,
+                ready_ns,
+                exec_failed,
+            });
+        }
         let msg = match parent.recv() {
             Ok(m) => m,
             Err(e) => {
@@ -151,7 +219,7 @@ pub fn start(
             Some(Message::IdMapRequest) => {
                 let r = namespaces::write_id_maps(middle, sandbox_uid, sandbox_gid)
                     .map_err(StartError::from)
-                    .and_then(|()| Ok(parent.send(&Message::IdMapDone)?));
+                    .and_then(|()| Ok(parent.send(&Message::Go)?));
                 if let Err(e) = r {
                     cleanup(init_pid);
                     return Err(e);
@@ -162,43 +230,20 @@ pub fn start(
                 steps.extend(s);
             }
             Some(Message::Ready {
-                payload_pid,
+                payload_pid: p,
                 steps: s,
             }) => {
-                let ready_ns = monotonic_ns();
+                // Init may report `Ready` before the middle process (which cloned it and
+                // was then descheduled) reports init's pid: wait for both.
+                ready = Some((p, monotonic_ns()));
                 steps.extend(s);
-                let Some(init) = init_pid else {
-                    cleanup(None);
-                    return Err(StartError::ChildDied { status: -1 });
-                };
-                if init != middle {
-                    // The middle process exits right after cloning init.
-                    waitpid_blocking(middle);
-                }
-                let pidfd = match pidfd_open(init) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        cleanup(Some(init));
-                        return Err(e);
-                    }
-                };
-                return Ok(Started {
-                    init_pid: init,
-                    pidfd,
-                    payload_pid,
-                    channel: parent,
-                    steps,
-                    forked_ns,
-                    ready_ns,
-                    exec_failed,
-                });
             }
             Some(Message::ExecFailed { errno }) => exec_failed = Some(errno),
             Some(Message::SetupFailed(e)) => {
                 cleanup(init_pid);
                 return Err(e.into());
             }
-            Some(Message::PayloadExited { .. } | Message::IdMapDone) => {}
+            Some(Message::PayloadExited { .. } | Message::Go | Message::PayloadSteps { .. }) => {}
             None => {
                 let status = waitpid_blocking(middle).unwrap_or(-1);
                 cleanup(init_pid.filter(|&p| p != middle));
