@@ -167,6 +167,13 @@ pub struct Built {
 
 /// Builds a rootfs and stores it under its name. On any error nothing is left behind.
 pub fn build(store: &Store, opts: &BuildOptions, progress: &Progress) -> Result<Built> {
+    let result = build_inner(store, opts, progress);
+    // Clear the bar on failure too, so the error line is not drawn over.
+    progress.finish();
+    result
+}
+
+fn build_inner(store: &Store, opts: &BuildOptions, progress: &Progress) -> Result<Built> {
     let started = Instant::now();
     let name = opts.store_name();
     validate_name(&name)?;
@@ -234,7 +241,6 @@ pub fn build(store: &Store, opts: &BuildOptions, progress: &Progress) -> Result<
     };
     manifest.write(&temp.path().join("manifest.json"))?;
     let (_, deduplicated) = store.commit(temp, &name, &manifest.content_hash)?;
-    progress.finish();
     let entry = store.get(&name)?.ok_or_else(|| RootfsError::NotFound {
         name: name.clone(),
         store: store.root().to_path_buf(),
@@ -286,7 +292,10 @@ fn build_host(
     std::fs::write(&lock_path, &lock_text).at(&lock_path)?;
 
     let count = parse_lock_text(&lock_text).map(|p| p.len()).unwrap_or(0);
-    progress.step(format!("installing {count} packages"));
+    progress.step(format!(
+        "installing {count} package{}",
+        if count == 1 { "" } else { "s" }
+    ));
     installer.install(&target, &lock_path)?;
     relocate_scripts(&env, &env)?;
 
@@ -382,7 +391,10 @@ fn build_dir(
     std::fs::write(&lock_path, &lock_text).at(&lock_path)?;
 
     let count = parse_lock_text(&lock_text).map(|p| p.len()).unwrap_or(0);
-    progress.step(format!("installing {count} packages"));
+    progress.step(format!(
+        "installing {count} package{}",
+        if count == 1 { "" } else { "s" }
+    ));
     installer.install(&target, &lock_path)?;
     move_target_scripts(&site_packages, &env)?;
     relocate_scripts(&env, Path::new(ENV_PATH))?;

@@ -156,7 +156,8 @@ impl Installer {
                 let mut cmd = self.pip(target)?;
                 cmd.args(["install", "--dry-run", "--ignore-installed", "--quiet"]);
                 cmd.arg("--report").arg(&report);
-                pip_target_args(&mut cmd, target, false);
+                // pip refuses platform options without --target, even for a dry run.
+                pip_target_args(&mut cmd, target, Some(&work.join("pip-resolve-target")));
                 cmd.arg("-r").arg(&req_in);
                 let ran = process::run(&mut cmd, "pip")?;
                 if !ran.ok {
@@ -201,7 +202,7 @@ impl Installer {
                     "--no-deps",
                     "--no-compile",
                 ]);
-                pip_target_args(&mut cmd, target, true);
+                pip_target_args(&mut cmd, target, None);
                 cmd.arg("-r").arg(lock);
                 process::run(&mut cmd, "pip")?
             }
@@ -267,7 +268,9 @@ fn uv_platform(glibc: Option<(u32, u32)>) -> String {
     }
 }
 
-fn pip_target_args(cmd: &mut Command, target: &Target, install: bool) {
+/// Platform options for a foreign target; `--target` is the site-packages dir unless
+/// `target_dir` names another (resolving).
+fn pip_target_args(cmd: &mut Command, target: &Target, target_dir: Option<&Path>) {
     if let Target::Foreign {
         site_packages,
         python_version,
@@ -276,9 +279,7 @@ fn pip_target_args(cmd: &mut Command, target: &Target, install: bool) {
     } = target
     {
         let arch = std::env::consts::ARCH;
-        if install {
-            cmd.arg("--target").arg(site_packages);
-        }
+        cmd.arg("--target").arg(target_dir.unwrap_or(site_packages));
         cmd.args(["--only-binary=:all:", "--implementation", "cp"]);
         cmd.arg("--python-version").arg(python_version);
         // pip does not expand perennial manylinux tags downwards: list each one.

@@ -76,6 +76,8 @@ pub struct Rootfs {
     /// The store object (holds manifest.json and lock.txt beside the tree).
     pub object_dir: PathBuf,
     pub manifest: ManifestHeader,
+    /// True when this call built it (first use), false when it was already in the store.
+    pub freshly_built: bool,
 }
 
 impl Rootfs {
@@ -93,6 +95,7 @@ impl Rootfs {
             content_hash: entry.header.content_hash.clone(),
             object_dir: entry.object_dir,
             manifest: entry.header,
+            freshly_built: false,
         }
     }
 
@@ -155,13 +158,21 @@ pub fn ensure(name: &str, opts: &EnsureOptions, progress: &Progress) -> Result<R
             name: name.to_string(),
         });
     }
+    // Several commands may ask for the same missing rootfs at once: one builds, the others
+    // wait and then find it built.
+    let _building = opts.store.build_lock(name)?;
+    if let Some(entry) = opts.store.get(name)? {
+        return Ok(Rootfs::from_entry(entry));
+    }
     let mut build_opts = BuildOptions::new(name);
     build_opts.name = Some(name.to_string());
     build_opts.base = opts.base.clone();
     build_opts.installer = opts.installer;
     build_opts.profiles_dir = opts.profiles_dir.clone();
     let built = build(&opts.store, &build_opts, progress)?;
-    Ok(Rootfs::from_entry(built.entry))
+    let mut rootfs = Rootfs::from_entry(built.entry);
+    rootfs.freshly_built = true;
+    Ok(rootfs)
 }
 
 /// Opens a built rootfs without building.

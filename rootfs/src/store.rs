@@ -5,6 +5,7 @@
 //! <store>/names/<name>        symlink -> ../objects/<hex>
 //! <store>/tmp/<build>/        builds in progress (an `owner` file names the builder)
 //! <store>/lock                flock: commit, rm and gc hold it exclusively
+//! <store>/locks/<name>        flock: one `ensure` build per name at a time
 //! ```
 //!
 //! A build fills a directory under `tmp/` and is renamed into `objects/` only once it is
@@ -105,6 +106,24 @@ impl Store {
     pub fn lock(&self) -> Result<StoreLock> {
         self.init()?;
         let path = self.root.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| RootfsError::io(&path, errno.into()))?;
+        Ok(StoreLock { _lock: lock })
+    }
+
+    /// Serialises builds of one name (`ensure` from several processes builds once): blocks
+    /// while another process holds it.
+    pub fn build_lock(&self, name: &str) -> Result<StoreLock> {
+        validate_name(name)?;
+        let dir = self.root.join("locks");
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let path = dir.join(name);
         let file = File::options()
             .create(true)
             .truncate(false)

@@ -430,3 +430,63 @@ fn corrupt_blob_and_not_a_layout_are_clear_errors() {
 fn assert_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
+
+#[test]
+fn packages_install_into_the_image_with_uv_and_with_pip() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    write_layout(
+        &layout,
+        &[
+            ("application/vnd.oci.image.layer.v1.tar", base_layer()),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                gzip(&top_layer()),
+            ),
+        ],
+    );
+    let store = Store::new(work.path().join("store"));
+    for (installer, choice) in [
+        ("uv", dsbox_rootfs::InstallerChoice::Auto),
+        ("pip", dsbox_rootfs::InstallerChoice::Pip),
+    ] {
+        let uv_present = Command::new("uv")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if installer == "uv" && !uv_present {
+            continue;
+        }
+        let mut opts = BuildOptions::new("minimal");
+        opts.base = Base::Oci(layout.clone());
+        opts.name = Some(format!("with-{installer}"));
+        opts.profiles_dir = None;
+        opts.installer = choice;
+        opts.extras = vec!["tabulate".into()];
+        let built = dsbox_rootfs::build(&store, &opts, &Progress::hidden()).unwrap();
+        assert!(
+            built.entry.header.installer.starts_with(installer),
+            "{}",
+            built.entry.header.installer
+        );
+        assert_eq!(built.entry.header.packages.len(), 1);
+        let root = built.entry.tree();
+        let out = chroot_run(
+            &root,
+            "/opt/dsbox/env/bin/python",
+            "import sys, tabulate; print(sys.prefix, tabulate.__file__)",
+        );
+        assert!(
+            out.starts_with("/opt/dsbox/env /opt/dsbox/env/lib/python3.11/site-packages/tabulate/"),
+            "{out}"
+        );
+        // The console script runs inside the image too.
+        let script = std::fs::read_to_string(root.join("opt/dsbox/env/bin/tabulate")).unwrap();
+        assert!(script.starts_with("#!/bin/sh\n"), "{script}");
+        assert!(
+            !root
+                .join("opt/dsbox/env/lib/python3.11/site-packages/bin")
+                .exists()
+        );
+    }
+}
