@@ -203,3 +203,37 @@ fn which_uv() -> Option<std::path::PathBuf> {
                     .unwrap_or(false)
         })
 }
+
+#[test]
+fn uv_honours_pip_index_settings() {
+    if which_uv().is_none() {
+        return;
+    }
+    // A machine configured for pip only: uv must use the same index.
+    let dir = scratch();
+    let url = closed_port_url();
+    let mut cmd = rootfs_cmd(
+        dir.path(),
+        &[
+            "build",
+            "--profile",
+            "minimal",
+            "--installer",
+            "uv",
+            "--extra",
+            "tabulate",
+        ],
+    );
+    for var in ["UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("PIP_INDEX_URL", &url).env("UV_HTTP_RETRIES", "0");
+    let err = one_line_error(&output(&mut cmd));
+    assert!(err.contains("no package index reachable"), "{err}");
+    // uv itself fetched from pip's index.
+    assert!(
+        err.contains(&format!("Failed to fetch: {url}/tabulate")),
+        "{err}"
+    );
+    assert_nothing_left(dir.path());
+}
