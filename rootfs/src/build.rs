@@ -362,7 +362,11 @@ fn build_dir(
                 imported.path_dirs,
             )
         }
-        Base::Host => unreachable!("host base is built by build_host"),
+        Base::Host => {
+            return Err(RootfsError::InvalidBase {
+                base: "host (not a tree base)".into(),
+            });
+        }
     };
     prepare_tree(&root)?;
 

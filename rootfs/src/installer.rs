@@ -90,22 +90,11 @@ impl Installer {
         }
     }
 
-    fn uv(&self) -> Command {
-        let Installer::Uv { bin, .. } = self else {
-            unreachable!("uv() is only called on the uv installer")
-        };
-        let mut cmd = process::command(bin);
-        for (key, value) in uv_env_from_pip() {
-            cmd.env(key, value);
-        }
-        cmd
-    }
-
     /// Creates a relocatable venv for `python` at `env_dir`.
     pub fn create_venv(&self, python: &Path, env_dir: &Path) -> Result<()> {
         let ran = match self {
-            Installer::Uv { .. } => process::run(
-                self.uv()
+            Installer::Uv { bin, .. } => process::run(
+                uv_command(bin)
                     .args([
                         "venv",
                         "--quiet",
@@ -133,9 +122,9 @@ impl Installer {
         let req_in = work.join("requirements.in");
         std::fs::write(&req_in, requirements.join("\n") + "\n").at(&req_in)?;
         match self {
-            Installer::Uv { .. } => {
+            Installer::Uv { bin, .. } => {
                 let out = work.join("lock.compiled.txt");
-                let mut cmd = self.uv();
+                let mut cmd = uv_command(bin);
                 cmd.args([
                     "pip",
                     "compile",
@@ -175,8 +164,8 @@ impl Installer {
             return Ok(());
         }
         let ran = match self {
-            Installer::Uv { .. } => {
-                let mut cmd = self.uv();
+            Installer::Uv { bin, .. } => {
+                let mut cmd = uv_command(bin);
                 // Copies, not hardlinks into uv's cache: the rootfs must not change when
                 // the cache does.
                 cmd.args(["pip", "install", "--quiet", "--require-hashes", "--no-deps"]);
@@ -239,6 +228,15 @@ impl Installer {
         cmd.env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
         Ok(cmd)
     }
+}
+
+/// `uv` with pip's index settings mapped to uv's (see [`uv_env_from_pip`]).
+fn uv_command(bin: &Path) -> Command {
+    let mut cmd = process::command(bin);
+    for (key, value) in uv_env_from_pip() {
+        cmd.env(key, value);
+    }
+    cmd
 }
 
 fn target_args_uv(cmd: &mut Command, target: &Target) {
@@ -327,12 +325,13 @@ fn uv_env_from_pip() -> Vec<(OsString, OsString)> {
     out
 }
 
-/// The index the installer will use, for error messages.
-pub fn index_in_use(installer: &Installer) -> String {
+/// The index `tool` (`uv` or `pip`) uses, for error messages.
+fn index_in_use(tool: &str) -> String {
     let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let candidates: &[&str] = match installer {
-        Installer::Uv { .. } => &["UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"],
-        Installer::Pip => &["PIP_INDEX_URL"],
+    let candidates: &[&str] = if tool == "uv" {
+        &["UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"]
+    } else {
+        &["PIP_INDEX_URL"]
     };
     candidates
         .iter()
@@ -375,16 +374,8 @@ pub(crate) fn classify(
         "error sending request",
     ];
     if UNREACHABLE.iter().any(|p| lower.contains(p)) {
-        let installer_kind = if tool == "uv" {
-            Installer::Uv {
-                bin: PathBuf::new(),
-                version: String::new(),
-            }
-        } else {
-            Installer::Pip
-        };
         return RootfsError::RegistryUnreachable {
-            index: index_in_use(&installer_kind),
+            index: index_in_use(tool),
             message: process::shorten(&unreachable_line(&text), 200),
         };
     }
