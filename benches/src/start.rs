@@ -62,7 +62,11 @@ impl Stats {
     pub fn from_ms(mut v: Vec<f64>) -> Stats {
         v.sort_by(f64::total_cmp);
         let n = v.len().max(1);
-        let pct = |p: f64| v.get(((p * n as f64).ceil() as usize).clamp(1, n) - 1).copied().unwrap_or(0.0);
+        let pct = |p: f64| {
+            v.get(((p * n as f64).ceil() as usize).clamp(1, n) - 1)
+                .copied()
+                .unwrap_or(0.0)
+        };
         Stats {
             n: v.len(),
             p50_ms: pct(0.50),
@@ -222,7 +226,9 @@ fn sandbox_once(spec: &SandboxSpec) -> Result<SandboxRun, StartBenchError> {
     sb.destroy()?;
     let with_cleanup = t.elapsed();
     if report.code() != 0 {
-        return Err(StartBenchError::BadExit { code: report.code() });
+        return Err(StartBenchError::BadExit {
+            code: report.code(),
+        });
     }
     let tm = &report.timings;
     let req = tm.request_ns;
@@ -260,7 +266,8 @@ pub fn run(cfg: &StartConfig) -> Result<StartResult, StartBenchError> {
         .with_memory(512 << 20)
         .with_pids(256)
         .build()?;
-    let path = CString::new(cfg.program.as_str()).map_err(|e| StartBenchError::Baseline(e.to_string()))?;
+    let path =
+        CString::new(cfg.program.as_str()).map_err(|e| StartBenchError::Baseline(e.to_string()))?;
     for _ in 0..cfg.warmup {
         baseline_once(&path)?;
         sandbox_once(&spec)?;

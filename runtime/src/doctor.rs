@@ -92,7 +92,13 @@ fn userns_works() -> Result<(), String> {
         -1 => Err("fork failed".into()),
         0 => {
             // SAFETY: unshare and _exit in a single-threaded child.
-            unsafe { libc::_exit(if libc::unshare(libc::CLONE_NEWUSER) == 0 { 0 } else { 1 }) }
+            unsafe {
+                libc::_exit(if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                    0
+                } else {
+                    1
+                })
+            }
         }
         pid => {
             let mut status = 0;
@@ -169,17 +175,26 @@ pub fn report(cgroups: &CgroupSystem, cgroup_parent: Option<&std::path::Path>) -
     checks.push(Check {
         name: "overlayfs",
         available: overlay,
-        detail: if overlay { "available".into() } else { "not in /proc/filesystems".into() },
+        detail: if overlay {
+            "available".into()
+        } else {
+            "not in /proc/filesystems".into()
+        },
         fix: (!overlay).then_some("modprobe overlay"),
     });
     // SAFETY: clone3 with a null argument and size 0 only validates its arguments
     // (EINVAL when the syscall exists, ENOSYS when it does not); no process is created.
-    let clone3 = syscall_probe(unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) });
+    let clone3 =
+        syscall_probe(unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) });
     let has_clone3 = clone3 != Some(nix::errno::Errno::ENOSYS);
     checks.push(Check {
         name: "clone3",
         available: has_clone3,
-        detail: if has_clone3 { "available (blocked inside sandboxes with ENOSYS)".into() } else { "ENOSYS".into() },
+        detail: if has_clone3 {
+            "available (blocked inside sandboxes with ENOSYS)".into()
+        } else {
+            "ENOSYS".into()
+        },
         fix: (!has_clone3).then_some("use Linux >= 5.3"),
     });
     // SAFETY: pidfd_open of our own pid; the fd is closed right away.
@@ -191,7 +206,11 @@ pub fn report(cgroups: &CgroupSystem, cgroup_parent: Option<&std::path::Path>) -
     checks.push(Check {
         name: "pidfd",
         available: fd >= 0,
-        detail: if fd >= 0 { "pidfd_open works".into() } else { "pidfd_open failed".into() },
+        detail: if fd >= 0 {
+            "pidfd_open works".into()
+        } else {
+            "pidfd_open failed".into()
+        },
         fix: (fd < 0).then_some("use Linux >= 5.3 (dsbox needs pidfds to wait for sandboxes)"),
     });
     // SAFETY: open_tree without OPEN_TREE_CLONE just opens a path; the fd is closed.
@@ -210,7 +229,11 @@ pub fn report(cgroups: &CgroupSystem, cgroup_parent: Option<&std::path::Path>) -
     checks.push(Check {
         name: "open_tree",
         available: fd >= 0,
-        detail: if fd >= 0 { "new mount API available".into() } else { "not available".into() },
+        detail: if fd >= 0 {
+            "new mount API available".into()
+        } else {
+            "not available".into()
+        },
         fix: (fd < 0).then_some("use Linux >= 5.2 (optional: dsbox uses classic mount(2) today)"),
     });
     DoctorReport {

@@ -77,9 +77,11 @@ pub fn collect(state_dir: &Path, system: &CgroupSystem, cgroup_parent: Option<&P
             }
             None if older_than_grace(&path) => {
                 let _ = std::fs::remove_file(&path);
-                report
-                    .removed_records
-                    .push(path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+                report.removed_records.push(
+                    path.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
             }
             None => {}
         }
@@ -142,7 +144,9 @@ mod tests {
         let state = dir.path().join("state");
         dead.write(&state).unwrap();
         live.write(&state).unwrap();
-        let sys = CgroupSystem::Unavailable { reason: String::new() };
+        let sys = CgroupSystem::Unavailable {
+            reason: String::new(),
+        };
         let report = collect(&state, &sys, None);
         assert_eq!(report.removed_records, vec!["dead".to_string()]);
         assert_eq!(report.removed_cgroups, vec![cg.clone()]);

@@ -126,7 +126,11 @@ impl LandlockPlan {
         for dir in &spec.scratch.dirs {
             add(dir.clone(), handled, true);
         }
-        add("/dev".into(), READ_FILE | WRITE_FILE | TRUNCATE | IOCTL_DEV | READ_DIR, true);
+        add(
+            "/dev".into(),
+            READ_FILE | WRITE_FILE | TRUNCATE | IOCTL_DEV | READ_DIR,
+            true,
+        );
         add("/dev/shm".into(), handled, true);
         add("/proc".into(), READ_FILE | READ_DIR, true);
         for mount in &spec.mounts {
@@ -234,7 +238,12 @@ mod tests {
     #[test]
     fn rules_cover_rootfs_scratch_dev_proc_and_binds() {
         let plan = LandlockPlan::for_spec(&spec_with_binds(), 7).unwrap();
-        let access = |p: &str| plan.rules.iter().find(|r| r.path == Path::new(p)).map(|r| r.access);
+        let access = |p: &str| {
+            plan.rules
+                .iter()
+                .find(|r| r.path == Path::new(p))
+                .map(|r| r.access)
+        };
         assert_eq!(access("/"), Some(READ_DIR));
         assert_eq!(access("/usr"), Some(READ_EXEC));
         assert_eq!(access("/tmp"), Some(fs_access_for_abi(7)));
@@ -243,7 +252,11 @@ mod tests {
         assert_eq!(access("/probe"), Some(EXECUTE | READ_FILE));
         assert_eq!(access("/proc"), Some(READ_FILE | READ_DIR));
         assert_eq!(plan.scoped, 3);
-        assert!(plan.rules.iter().all(|r| r.access & !plan.handled_access_fs == 0));
+        assert!(
+            plan.rules
+                .iter()
+                .all(|r| r.access & !plan.handled_access_fs == 0)
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub enum NamespaceError {
 
 /// Flags for the middle process's `unshare`: mount, ipc, uts, cgroup always; net unless
 /// the network is shared; pid and user when the spec asks.
-pub fn unshare_flags(spec: &SandboxSpec) -> libc::c_int {
+pub fn unshare_flags(spec: &SandboxSpec, userns: bool) -> libc::c_int {
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
     if spec.network == Network::None {
@@ -26,7 +26,7 @@ pub fn unshare_flags(spec: &SandboxSpec) -> libc::c_int {
     if spec.namespaces.pid {
         flags |= libc::CLONE_NEWPID;
     }
-    if spec.namespaces.user {
+    if userns {
         flags |= libc::CLONE_NEWUSER;
     }
     flags
@@ -36,7 +36,7 @@ pub fn unshare_flags(spec: &SandboxSpec) -> libc::c_int {
 /// pid is entered before the fork, a user namespace cannot be entered by a threaded or
 /// already-privileged joiner and is not used for shells).
 pub fn join_flags(spec: &SandboxSpec) -> u64 {
-    let flags = unshare_flags(spec) & !(libc::CLONE_NEWPID | libc::CLONE_NEWUSER);
+    let flags = unshare_flags(spec, false) & !libc::CLONE_NEWPID;
     flags as u64
 }
 
@@ -89,13 +89,13 @@ mod tests {
     #[test]
     fn flags_follow_the_spec() {
         let mut spec = SandboxSpec::default();
-        let f = unshare_flags(&spec);
+        let f = unshare_flags(&spec, spec.namespaces.user);
         assert_ne!(f & libc::CLONE_NEWNET, 0);
         assert_ne!(f & libc::CLONE_NEWPID, 0);
         assert_eq!(f & libc::CLONE_NEWUSER, 0);
         spec.network = Network::Host;
         spec.namespaces.user = true;
-        let f = unshare_flags(&spec);
+        let f = unshare_flags(&spec, spec.namespaces.user);
         assert_eq!(f & libc::CLONE_NEWNET, 0);
         assert_ne!(f & libc::CLONE_NEWUSER, 0);
         assert_eq!(join_flags(&spec) & libc::CLONE_NEWUSER as u64, 0);

@@ -31,7 +31,8 @@ pub enum OciError {
 
 type Result<T> = std::result::Result<T, OciError>;
 
-const REMOVE: &str = "remove it from config.json (see docs/runtime.md for the fields dsbox honours)";
+const REMOVE: &str =
+    "remove it from config.json (see docs/runtime.md for the fields dsbox honours)";
 
 fn unsupported(field: impl Into<String>) -> OciError {
     OciError::Unsupported {
@@ -86,11 +87,21 @@ pub fn from_config(text: &str, bundle: &Path, path: &Path) -> Result<SandboxSpec
     check_keys(
         &value,
         "",
-        &["ociVersion", "root", "process", "hostname", "mounts", "linux", "annotations"],
+        &[
+            "ociVersion",
+            "root",
+            "process",
+            "hostname",
+            "mounts",
+            "linux",
+            "annotations",
+        ],
     )?;
     let mut spec = SandboxSpec::default();
 
-    let root = value.get("root").ok_or_else(|| invalid("root", "missing: give root.path"))?;
+    let root = value
+        .get("root")
+        .ok_or_else(|| invalid("root", "missing: give root.path"))?;
     check_keys(root, "root.", &["path", "readonly"])?;
     let root_path = root
         .get("path")
@@ -109,23 +120,48 @@ pub fn from_config(text: &str, bundle: &Path, path: &Path) -> Result<SandboxSpec
         check_keys(
             process,
             "process.",
-            &["terminal", "user", "args", "env", "cwd", "rlimits", "noNewPrivileges"],
+            &[
+                "terminal",
+                "user",
+                "args",
+                "env",
+                "cwd",
+                "rlimits",
+                "noNewPrivileges",
+            ],
         )?;
         if process.get("terminal").and_then(Value::as_bool) == Some(true) {
-            return Err(invalid("process.terminal", "dsbox has no terminal support; set it to false"));
+            return Err(invalid(
+                "process.terminal",
+                "dsbox has no terminal support; set it to false",
+            ));
         }
         let mut p = ProcessSpec::default();
         p.args = process
             .get("args")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         if p.args.is_empty() {
-            return Err(invalid("process.args", "missing or empty: give the command"));
+            return Err(invalid(
+                "process.args",
+                "missing or empty: give the command",
+            ));
         }
-        for entry in process.get("env").and_then(Value::as_array).into_iter().flatten() {
+        for entry in process
+            .get("env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let s = entry.as_str().unwrap_or_default();
-            let (k, v) = crate::spec::parse_env(s).map_err(|_| invalid("process.env", format!("`{s}` is not KEY=VALUE")))?;
+            let (k, v) = crate::spec::parse_env(s)
+                .map_err(|_| invalid("process.env", format!("`{s}` is not KEY=VALUE")))?;
             p.env.push((k, v));
         }
         if let Some(cwd) = process.get("cwd").and_then(Value::as_str) {
@@ -181,8 +217,15 @@ pub fn from_config(text: &str, bundle: &Path, path: &Path) -> Result<SandboxSpec
         .enumerate()
     {
         let field = format!("mounts[{i}]");
-        check_keys(m, &format!("{field}."), &["destination", "type", "source", "options"])?;
-        let dest = m.get("destination").and_then(Value::as_str).unwrap_or_default();
+        check_keys(
+            m,
+            &format!("{field}."),
+            &["destination", "type", "source", "options"],
+        )?;
+        let dest = m
+            .get("destination")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let typ = m.get("type").and_then(Value::as_str).unwrap_or("bind");
         let options: Vec<&str> = m
             .get("options")
@@ -209,7 +252,10 @@ pub fn from_config(text: &str, bundle: &Path, path: &Path) -> Result<SandboxSpec
                 let size = options
                     .iter()
                     .find_map(|o| o.strip_prefix("size="))
-                    .map(|s| parse_size(s).map_err(|e| invalid(format!("{field}.options"), e.to_string())))
+                    .map(|s| {
+                        parse_size(s)
+                            .map_err(|e| invalid(format!("{field}.options"), e.to_string()))
+                    })
                     .transpose()?;
                 spec.mounts.push(Mount::Tmpfs {
                     destination: PathBuf::from(dest),
@@ -228,7 +274,11 @@ pub fn from_config(text: &str, bundle: &Path, path: &Path) -> Result<SandboxSpec
     if let Some(linux) = value.get("linux") {
         check_keys(linux, "linux.", &["resources", "namespaces"])?;
         if let Some(res) = linux.get("resources") {
-            check_keys(res, "linux.resources.", &["memory", "pids", "cpu", "devices"])?;
+            check_keys(
+                res,
+                "linux.resources.",
+                &["memory", "pids", "cpu", "devices"],
+            )?;
             if let Some(devices) = res.get("devices").and_then(Value::as_array)
                 && devices
                     .iter()
@@ -327,22 +377,45 @@ mod tests {
         assert_eq!(spec.limits.cpus, Some(0.5));
         assert!(spec.namespaces.pid);
         assert_eq!(spec.network, Network::None);
-        assert!(spec.limits.rlimits.contains(&Rlimit { resource: RlimitResource::Nofile, soft: 64, hard: 64 }));
-        assert_eq!(spec.mounts, vec![Mount::Tmpfs { destination: "/scratch".into(), size: Some(64 << 20) }]);
+        assert!(spec.limits.rlimits.contains(&Rlimit {
+            resource: RlimitResource::Nofile,
+            soft: 64,
+            hard: 64
+        }));
+        assert_eq!(
+            spec.mounts,
+            vec![Mount::Tmpfs {
+                destination: "/scratch".into(),
+                size: Some(64 << 20)
+            }]
+        );
     }
 
     #[test]
     fn unsupported_fields_are_named() {
-        let cfg = GOOD.replace("\"hostname\": \"box\",", "\"hostname\": \"box\", \"hooks\": {},");
+        let cfg = GOOD.replace(
+            "\"hostname\": \"box\",",
+            "\"hostname\": \"box\", \"hooks\": {},",
+        );
         let (_d, r) = bundle(&cfg);
         let err = r.unwrap_err().to_string();
         assert!(err.contains("`hooks`"), "{err}");
 
-        let cfg = GOOD.replace(r#"{"type": "mount"}"#, r#"{"type": "mount", "path": "/proc/1/ns/mnt"}"#);
+        let cfg = GOOD.replace(
+            r#"{"type": "mount"}"#,
+            r#"{"type": "mount", "path": "/proc/1/ns/mnt"}"#,
+        );
         let (_d, r) = bundle(&cfg);
-        assert!(r.unwrap_err().to_string().contains("linux.namespaces[1].path"));
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("linux.namespaces[1].path")
+        );
 
-        let cfg = GOOD.replace(r#""type": "proc", "source": "proc""#, r#""type": "sysfs", "source": "sysfs""#);
+        let cfg = GOOD.replace(
+            r#""type": "proc", "source": "proc""#,
+            r#""type": "sysfs", "source": "sysfs""#,
+        );
         let (_d, r) = bundle(&cfg);
         assert!(r.unwrap_err().to_string().contains("mounts[0]"));
     }
@@ -351,10 +424,18 @@ mod tests {
     fn malformed_configs_fail_with_the_path() {
         let (_d, r) = bundle("{ not json");
         let err = r.unwrap_err().to_string();
-        assert!(err.contains("config.json") && err.contains("not a valid OCI runtime config"), "{err}");
-        let (_d, r) = bundle(r#"{"ociVersion": "1.0.2", "process": {"args": "oops"}, "root": {"path": "rootfs"}}"#);
+        assert!(
+            err.contains("config.json") && err.contains("not a valid OCI runtime config"),
+            "{err}"
+        );
+        let (_d, r) = bundle(
+            r#"{"ociVersion": "1.0.2", "process": {"args": "oops"}, "root": {"path": "rootfs"}}"#,
+        );
         assert!(matches!(r, Err(OciError::Parse { .. })));
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(from_bundle(dir.path()), Err(OciError::Read { .. })));
+        assert!(matches!(
+            from_bundle(dir.path()),
+            Err(OciError::Read { .. })
+        ));
     }
 }

@@ -138,7 +138,11 @@ impl Builder {
         // Only the host skeleton (a tmpfs we own) gets directories created; a rootfs
         // directory must already have its mount points (checked by `require_dir`).
         let mut cur = self.root.clone();
-        for comp in inside_path.strip_prefix("/").unwrap_or(inside_path).components() {
+        for comp in inside_path
+            .strip_prefix("/")
+            .unwrap_or(inside_path)
+            .components()
+        {
             cur.push(comp);
             self.ops.push(MountOp::Mkdir {
                 path: cstr(&cur)?,
@@ -213,7 +217,13 @@ impl Builder {
         Ok(())
     }
 
-    fn tmpfs(&mut self, dest: &Path, size: u64, mode: u32, flags: libc::c_ulong) -> Result<(), PlanError> {
+    fn tmpfs(
+        &mut self,
+        dest: &Path,
+        size: u64,
+        mode: u32,
+        flags: libc::c_ulong,
+    ) -> Result<(), PlanError> {
         let target = self.mount_point(dest, true)?;
         self.mount(
             Step::MountTmpfs,
@@ -274,8 +284,11 @@ impl MountPlan {
                     ("group", GROUP.as_bytes()),
                     (
                         "hosts",
-                        format!("127.0.0.1\tlocalhost {0}\n::1\tlocalhost {0}\n", spec.hostname)
-                            .as_bytes(),
+                        format!(
+                            "127.0.0.1\tlocalhost {0}\n::1\tlocalhost {0}\n",
+                            spec.hostname
+                        )
+                        .as_bytes(),
                     ),
                     ("hostname", format!("{}\n", spec.hostname).as_bytes()),
                 ] {
@@ -327,7 +340,11 @@ impl MountPlan {
             }
         }
         for dir in &spec.scratch.dirs {
-            let mode = if dir == Path::new("/tmp") { 0o1777 } else { 0o755 };
+            let mode = if dir == Path::new("/tmp") {
+                0o1777
+            } else {
+                0o755
+            };
             b.tmpfs(dir, spec.scratch.size, mode, nosuid_nodev)?;
         }
         for mount in &spec.mounts {
@@ -580,9 +597,16 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert!(tmp.contains("size=268435456") && tmp.contains("mode=1777"), "{tmp}");
+        assert!(
+            tmp.contains("size=268435456") && tmp.contains("mode=1777"),
+            "{tmp}"
+        );
         // proc, device nodes, pivot and detach
-        assert!(mounts.iter().any(|m| m.0 == "/stage/proc" && m.1.as_deref() == Some("proc")));
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.0 == "/stage/proc" && m.1.as_deref() == Some("proc"))
+        );
         assert!(fake.calls().contains(&Call::Mknod(
             "/stage/dev/null".into(),
             libc::S_IFCHR | 0o666,
@@ -590,12 +614,18 @@ mod tests {
         )));
         let names = fake.names();
         let n = names.len();
-        assert_eq!(&names[n - 4..], &["chdir", "pivot_root", "umount2", "chdir"]);
+        assert_eq!(
+            &names[n - 4..],
+            &["chdir", "pivot_root", "umount2", "chdir"]
+        );
     }
 
     #[test]
     fn a_failing_mount_names_the_step_and_target() {
-        let spec = SandboxSpec::builder().with_command(["/bin/true"]).build().unwrap();
+        let spec = SandboxSpec::builder()
+            .with_command(["/bin/true"])
+            .build()
+            .unwrap();
         let plan = MountPlan::build(&spec, Path::new("/stage"), false).unwrap();
         let fake = RecordingSyscall::failing("pivot_root", 0, Errno::EINVAL);
         let err = plan.apply(&fake).unwrap_err();
@@ -609,9 +639,17 @@ mod tests {
 
     #[test]
     fn userns_plans_bind_device_nodes() {
-        let spec = SandboxSpec::builder().with_command(["/bin/true"]).build().unwrap();
+        let spec = SandboxSpec::builder()
+            .with_command(["/bin/true"])
+            .build()
+            .unwrap();
         let plan = MountPlan::build(&spec, Path::new("/stage"), true).unwrap();
-        assert!(!plan.ops().iter().any(|op| matches!(op, MountOp::Mknod { .. })));
+        assert!(
+            !plan
+                .ops()
+                .iter()
+                .any(|op| matches!(op, MountOp::Mknod { .. }))
+        );
         assert!(plan.ops().iter().any(|op| matches!(op,
             MountOp::Mount { source: Some(s), .. } if s.as_bytes() == b"/dev/urandom")));
     }
@@ -625,7 +663,10 @@ mod tests {
             .build()
             .unwrap();
         let err = MountPlan::build(&spec, Path::new("/stage"), false).unwrap_err();
-        assert!(err.to_string().contains("does not exist in rootfs"), "{err}");
+        assert!(
+            err.to_string().contains("does not exist in rootfs"),
+            "{err}"
+        );
         for d in ["tmp", "workdir", "submission", "proc", "dev"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }

@@ -104,7 +104,11 @@ impl std::fmt::Display for KillReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KillReason::Timeout { after } => {
-                write!(f, "killed: timeout ({:.3}s wall-clock limit reached)", after.as_secs_f64())
+                write!(
+                    f,
+                    "killed: timeout ({:.3}s wall-clock limit reached)",
+                    after.as_secs_f64()
+                )
             }
             KillReason::OutOfMemory { limit: Some(l) } => {
                 write!(f, "killed: out of memory (limit {})", format_bytes(*l))
@@ -336,7 +340,16 @@ impl Sandbox {
         let landlock_plan = LandlockPlan::for_spec(spec, landlock::kernel_abi());
         let mounts = MountPlan::build(spec, &host.staging, userns)?;
         let id = new_id();
-        Self::spawn_in(spec, opts, request_ns, id, mounts, seccomp, landlock_plan, userns)
+        Self::spawn_in(
+            spec,
+            opts,
+            request_ns,
+            id,
+            mounts,
+            seccomp,
+            landlock_plan,
+            userns,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -437,7 +450,8 @@ impl Sandbox {
             profile: profile(),
         });
         let plan = ChildPlan {
-            unshare_flags: namespaces::unshare_flags(spec),
+            unshare_flags: namespaces::unshare_flags(spec, userns),
+            become_ns_root: userns && host().euid == 0,
             userns,
             pidns: spec.namespaces.pid,
             mounts,
@@ -464,7 +478,10 @@ impl Sandbox {
         };
         let no_limits = limits.memory.is_none() && limits.pids.is_none() && limits.cpus.is_none();
         let mut join = || -> std::result::Result<Vec<RawFd>, start::StartError> {
-            match host().cgroups.create(&id, spec.cgroup_parent.as_deref(), &limits) {
+            match host()
+                .cgroups
+                .create(&id, spec.cgroup_parent.as_deref(), &limits)
+            {
                 Ok(Some(cg)) => {
                     let fds = cg.open_procs();
                     cgroup = Some(cg);
@@ -478,7 +495,14 @@ impl Sandbox {
             }
             Ok(cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect())
         };
-        let started = start::start(&plan, parent_chan, child_fd, process.uid, process.gid, &mut join);
+        let started = start::start(
+            &plan,
+            parent_chan,
+            child_fd,
+            process.uid,
+            process.gid,
+            &mut join,
+        );
         let started = match started {
             Ok(s) => s,
             Err(err) => {
@@ -547,7 +571,11 @@ impl Sandbox {
             runtime_pid: std::process::id() as i32,
             runtime_start_time: own_start_time(),
             init_pid: sandbox.init_pid,
-            cgroups: sandbox.cgroup.as_ref().map(SandboxCgroup::paths).unwrap_or_default(),
+            cgroups: sandbox
+                .cgroup
+                .as_ref()
+                .map(SandboxCgroup::paths)
+                .unwrap_or_default(),
         };
         match record.write(Path::new(crate::state::STATE_DIR)) {
             Ok(path) => sandbox.state_path = Some(path),
@@ -583,7 +611,10 @@ impl Sandbox {
 
     /// Paths of the sandbox's cgroup leaves.
     pub fn cgroup_paths(&self) -> Vec<PathBuf> {
-        self.cgroup.as_ref().map(SandboxCgroup::paths).unwrap_or_default()
+        self.cgroup
+            .as_ref()
+            .map(SandboxCgroup::paths)
+            .unwrap_or_default()
     }
 
     /// How to join this sandbox (meant for shells, `process: None`).
@@ -893,7 +924,13 @@ mod tests {
         let p = ProcessSpec::new(["python3", "-c", "1"]);
         let env = vec![("PATH".to_string(), "/opt/env/bin:/usr/bin/".to_string())];
         let c = exec_candidates(&p, &env);
-        assert_eq!(c, vec![c"/opt/env/bin/python3".to_owned(), c"/usr/bin/python3".to_owned()]);
+        assert_eq!(
+            c,
+            vec![
+                c"/opt/env/bin/python3".to_owned(),
+                c"/usr/bin/python3".to_owned()
+            ]
+        );
         let p = ProcessSpec::new(["./x"]);
         assert_eq!(exec_candidates(&p, &env), vec![c"./x".to_owned()]);
     }

@@ -25,17 +25,25 @@ const RESERVED_DESTINATIONS: &[&str] = &["/", "/proc", "/dev"];
 /// to fix it.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {
-    #[error("invalid size `{value}`: expected a number with an optional unit K, M, G or T (e.g. 512M)")]
+    #[error(
+        "invalid size `{value}`: expected a number with an optional unit K, M, G or T (e.g. 512M)"
+    )]
     InvalidSize { value: String },
     #[error("invalid duration `{value}`: expected a number with a unit ms, s, m or h (e.g. 10s)")]
     InvalidDuration { value: String },
     #[error("invalid cpu count `{value}`: expected a positive number such as 1.0 or 0.5")]
     InvalidCpus { value: String },
-    #[error("unknown protection `{name}` for --require: expected one of seccomp, landlock, cgroup, userns")]
+    #[error(
+        "unknown protection `{name}` for --require: expected one of seccomp, landlock, cgroup, userns"
+    )]
     UnknownProtection { name: String },
-    #[error("invalid mount `{value}`: expected SRC:DST with an absolute DST (e.g. /data/x:/data/x)")]
+    #[error(
+        "invalid mount `{value}`: expected SRC:DST with an absolute DST (e.g. /data/x:/data/x)"
+    )]
     InvalidMountArg { value: String },
-    #[error("invalid environment entry `{value}`: expected KEY=VALUE with a non-empty KEY without `=` or NUL")]
+    #[error(
+        "invalid environment entry `{value}`: expected KEY=VALUE with a non-empty KEY without `=` or NUL"
+    )]
     InvalidEnv { value: String },
     #[error("rootfs directory {} does not exist: build one with `dsbox rootfs build` or use `--rootfs host`", path.display())]
     MissingRootfs { path: PathBuf },
@@ -217,9 +225,13 @@ impl Mount {
     pub fn parse_bind(value: &str, readonly: bool) -> Result<Mount> {
         let (src, dst) = value
             .split_once(':')
-            .ok_or_else(|| SpecError::InvalidMountArg { value: value.into() })?;
+            .ok_or_else(|| SpecError::InvalidMountArg {
+                value: value.into(),
+            })?;
         if src.is_empty() || !dst.starts_with('/') {
-            return Err(SpecError::InvalidMountArg { value: value.into() });
+            return Err(SpecError::InvalidMountArg {
+                value: value.into(),
+            });
         }
         Ok(Mount::Bind {
             source: PathBuf::from(src),
@@ -827,7 +839,12 @@ mod tests {
             let err = parse_size(bad).unwrap_err();
             assert_eq!(err, SpecError::InvalidSize { value: bad.into() });
         }
-        assert!(parse_size("12XB").unwrap_err().to_string().contains("`12XB`"));
+        assert!(
+            parse_size("12XB")
+                .unwrap_err()
+                .to_string()
+                .contains("`12XB`")
+        );
     }
 
     #[test]

@@ -133,15 +133,10 @@ impl Syscall for LinuxSyscall {
         let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
         // SAFETY: every pointer is either null or a valid NUL-terminated string that
         // outlives the call.
-        check(unsafe {
-            libc::mount(
-                p(source),
-                target.as_ptr(),
-                p(fstype),
-                flags,
-                p(data).cast(),
-            )
-        } as libc::c_long)
+        check(
+            unsafe { libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast()) }
+                as libc::c_long,
+        )
     }
 
     fn umount2(&self, target: &CStr, flags: libc::c_int) -> SysResult {
@@ -575,7 +570,9 @@ impl Syscall for RecordingSyscall {
         self.record(Call::Mknod(s(path), mode, dev))
     }
     fn sethostname(&self, name: &[u8]) -> SysResult {
-        self.record(Call::Sethostname(String::from_utf8_lossy(name).into_owned()))
+        self.record(Call::Sethostname(
+            String::from_utf8_lossy(name).into_owned(),
+        ))
     }
     fn loopback_up(&self) -> SysResult {
         self.record(Call::LoopbackUp)

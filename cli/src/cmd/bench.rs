@@ -34,7 +34,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.runs >= 10, "--runs must be at least 10 (got {})", args.runs);
+    anyhow::ensure!(
+        args.runs >= 10,
+        "--runs must be at least 10 (got {})",
+        args.runs
+    );
     let result = dsbox_bench::start::run(&dsbox_bench::start::StartConfig {
         runs: args.runs,
         ..Default::default()

@@ -27,7 +27,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     println!("kernel {}  (euid {})", report.kernel, report.euid);
     println!();
     for check in &report.checks {
-        let mark = if check.available { "ok     " } else { "MISSING" };
+        let mark = if check.available {
+            "ok     "
+        } else {
+            "MISSING"
+        };
         println!("  {mark} {:<16} {}", check.name, check.detail);
         if !check.available
             && let Some(fix) = check.fix

@@ -31,7 +31,9 @@ pub enum CgroupError {
 
 fn hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
-        ErrorKind::PermissionDenied => " (run as root, or pass --cgroup-parent naming a cgroup delegated to you)",
+        ErrorKind::PermissionDenied => {
+            " (run as root, or pass --cgroup-parent naming a cgroup delegated to you)"
+        }
         _ => "",
     }
 }
@@ -257,7 +259,8 @@ impl CgroupSystem {
             } => v2::V2Cgroup::create(hierarchy, controllers, id, parent, limits)
                 .map(|c| Some(SandboxCgroup::V2(c))),
             CgroupSystem::V1 { hierarchies } => {
-                v1::V1Cgroup::create(hierarchies, id, parent, limits).map(|c| Some(SandboxCgroup::V1(c)))
+                v1::V1Cgroup::create(hierarchies, id, parent, limits)
+                    .map(|c| Some(SandboxCgroup::V1(c)))
             }
             CgroupSystem::Unavailable { .. } => Ok(None),
         }
@@ -410,10 +413,15 @@ mod tests {
             panic!("expected v1, got {sys:?}")
         };
         assert_eq!(hierarchies.len(), 3);
-        let mem = hierarchies.iter().find(|h| h.controllers == ["memory"]).unwrap();
+        let mem = hierarchies
+            .iter()
+            .find(|h| h.controllers == ["memory"])
+            .unwrap();
         assert_eq!(mem.own, Path::new("/process_api/abc"));
         let parents = sys.sandbox_parents(None);
-        assert!(parents.contains(&PathBuf::from("/sys/fs/cgroup/memory/process_api/abc/dsbox")));
+        assert!(parents.contains(&PathBuf::from(
+            "/sys/fs/cgroup/memory/process_api/abc/dsbox"
+        )));
         assert!(parents.contains(&PathBuf::from("/sys/fs/cgroup/pids/dsbox")));
         let parents = sys.sandbox_parents(Some(Path::new("/custom")));
         assert!(parents.contains(&PathBuf::from("/sys/fs/cgroup/pids/custom/dsbox")));
@@ -423,8 +431,15 @@ mod tests {
     fn v2_with_controllers_is_preferred() {
         let fs = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(fs.path().join("user.slice")).unwrap();
-        std::fs::write(fs.path().join("user.slice/cgroup.controllers"), "cpu memory pids\n").unwrap();
-        let mi = format!("31 25 0:28 / {} rw - cgroup2 cgroup2 rw\n", fs.path().display());
+        std::fs::write(
+            fs.path().join("user.slice/cgroup.controllers"),
+            "cpu memory pids\n",
+        )
+        .unwrap();
+        let mi = format!(
+            "31 25 0:28 / {} rw - cgroup2 cgroup2 rw\n",
+            fs.path().display()
+        );
         let sys = CgroupSystem::from_text(&mi, "0::/user.slice\n");
         assert_eq!(sys.version(), "v2");
     }

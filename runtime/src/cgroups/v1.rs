@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{CgroupLimits, CgroupStats, Hierarchy, Result, io_err, parse_flat_keyed, read_procs, read_u64, write};
+use super::{
+    CgroupLimits, CgroupStats, Hierarchy, Result, io_err, parse_flat_keyed, read_procs, read_u64,
+    write,
+};
 
 /// The leaves of one sandbox in the v1 hierarchies.
 #[derive(Debug)]
@@ -171,7 +174,11 @@ mod tests {
                     controllers: vec![c.to_string()],
                     mount: root.join(c),
                     mount_root: "/".into(),
-                    own: if *c == "memory" { "/own".into() } else { "/".into() },
+                    own: if *c == "memory" {
+                        "/own".into()
+                    } else {
+                        "/".into()
+                    },
                 }
             })
             .collect()
@@ -189,14 +196,27 @@ mod tests {
         };
         let cg = V1Cgroup::create(&h, "sb1", None, &limits).unwrap();
         let mem = fs.path().join("memory/own/dsbox/sb1");
-        assert_eq!(std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(), "536870912");
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+            "536870912"
+        );
         let pids = fs.path().join("pids/dsbox/sb1");
-        assert_eq!(std::fs::read_to_string(pids.join("pids.max")).unwrap(), "64");
+        assert_eq!(
+            std::fs::read_to_string(pids.join("pids.max")).unwrap(),
+            "64"
+        );
         let cpu = fs.path().join("cpu/dsbox/sb1");
-        assert_eq!(std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(), "150000");
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            "150000"
+        );
         assert_eq!(cg.paths().len(), 3);
 
-        std::fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n").unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        )
+        .unwrap();
         std::fs::write(pids.join("pids.events"), "max 17\n").unwrap();
         let s = cg.stats();
         assert_eq!((s.oom_kills, s.pids_max_events), (1, 17));

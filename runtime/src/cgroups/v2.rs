@@ -138,7 +138,11 @@ mod tests {
     fn fake_v2(root: &Path, own_procs: &str) -> (Hierarchy, Vec<String>) {
         let own = root.join("user.slice");
         std::fs::create_dir_all(&own).unwrap();
-        std::fs::write(own.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::write(
+            own.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
         std::fs::write(own.join("cgroup.procs"), own_procs).unwrap();
         let h = Hierarchy {
             controllers: vec![],
@@ -171,9 +175,18 @@ mod tests {
         );
         let leaf = own.join("dsbox/sb1");
         assert_eq!(cg.path(), leaf);
-        assert_eq!(std::fs::read_to_string(leaf.join("memory.max")).unwrap(), "268435456");
-        assert_eq!(std::fs::read_to_string(leaf.join("pids.max")).unwrap(), "32");
-        assert_eq!(std::fs::read_to_string(leaf.join("cpu.max")).unwrap(), "50000 100000");
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("memory.max")).unwrap(),
+            "268435456"
+        );
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("pids.max")).unwrap(),
+            "32"
+        );
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
     }
 
     #[test]
@@ -211,7 +224,10 @@ mod tests {
         let cg = V2Cgroup::create(&h, &avail, "sb4", None, &CgroupLimits::default()).unwrap();
         std::fs::write(cg.path().join("cgroup.kill"), "").unwrap();
         cg.kill_all().unwrap();
-        assert_eq!(std::fs::read_to_string(cg.path().join("cgroup.kill")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(cg.path().join("cgroup.kill")).unwrap(),
+            "1"
+        );
     }
 
     #[test]

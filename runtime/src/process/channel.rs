@@ -162,7 +162,10 @@ mod tests {
         a.send(&Message::IdMapRequest).unwrap();
         b.send(&Message::PayloadExited { status: 3 }).unwrap();
         assert_eq!(b.recv().unwrap(), Some(Message::IdMapRequest));
-        assert_eq!(a.try_recv().unwrap(), Some(Message::PayloadExited { status: 3 }));
+        assert_eq!(
+            a.try_recv().unwrap(),
+            Some(Message::PayloadExited { status: 3 })
+        );
         assert_eq!(a.try_recv().unwrap(), None);
         drop(b);
         assert_eq!(a.recv().unwrap(), None);

@@ -56,7 +56,8 @@ fn harden_profiled(
         capabilities::clear_remaining(sys)?;
         mark(Step::SetIds);
     }
-    let needs_nnp = h.no_new_privs || h.seccomp.is_some() || (with_landlock && h.landlock.is_some());
+    let needs_nnp =
+        h.no_new_privs || h.seccomp.is_some() || (with_landlock && h.landlock.is_some());
     if needs_nnp {
         sys.set_no_new_privs()
             .map_err(|e| StepError::new(Step::NoNewPrivs, e, None))?;
@@ -75,7 +76,11 @@ fn harden_profiled(
 
 /// Steps of the payload before exec: stdio and passed fds, close the rest, cwd, rlimits,
 /// hardening. Separate from the exec so unit tests can run it on the fake.
-pub fn prepare_payload(sys: &dyn Syscall, plan: &PayloadPlan, h: &Hardening) -> Result<(), StepError> {
+pub fn prepare_payload(
+    sys: &dyn Syscall,
+    plan: &PayloadPlan,
+    h: &Hardening,
+) -> Result<(), StepError> {
     prepare_payload_profiled(sys, plan, h, &mut Vec::new())
 }
 
@@ -158,7 +163,12 @@ pub fn payload_exec(plan: &PayloadPlan, h: &Hardening, channel: RawFd) -> ! {
     if saw_eacces && matches!(errno, Errno::ENOENT | Errno::ENOTDIR) {
         errno = Errno::EACCES;
     }
-    send_quiet(channel, &Message::ExecFailed { errno: errno as i32 });
+    send_quiet(
+        channel,
+        &Message::ExecFailed {
+            errno: errno as i32,
+        },
+    );
     exit(if errno == Errno::ENOENT { 127 } else { 126 })
 }
 
@@ -221,6 +231,19 @@ pub fn middle_main(plan: &ChildPlan, channel: RawFd) -> ! {
         step: Step::WaitGo,
         at_ns: monotonic_ns(),
     });
+    if plan.become_ns_root {
+        // Host root is not mapped in the namespace; uid 0 inside is. Keeps all
+        // capabilities within the namespace (the kernel's setuid fixup sees no change of
+        // "root" there).
+        let e = |errno| StepError::new(Step::SetIds, errno, None);
+        if let Err(err) = sys
+            .setgroups(&[])
+            .and_then(|()| sys.setresgid(0))
+            .and_then(|()| sys.setresuid(0))
+        {
+            fail(channel, e(err));
+        }
+    }
     if plan.unshare_flags & libc::CLONE_NEWCGROUP != 0
         && let Err(e) = sys.unshare(libc::CLONE_NEWCGROUP)
     {
@@ -275,7 +298,10 @@ pub fn middle_main(plan: &ChildPlan, channel: RawFd) -> ! {
         )
     };
     if pid < 0 {
-        fail(channel, StepError::new(Step::CloneInit, Errno::last(), None));
+        fail(
+            channel,
+            StepError::new(Step::CloneInit, Errno::last(), None),
+        );
     }
     if pid == 0 {
         init_main(plan, channel, steps);
@@ -344,7 +370,10 @@ fn init_main(plan: &ChildPlan, channel: RawFd, mut steps: Vec<StepTime>) -> ! {
     if let Some(payload) = &plan.payload {
         // SAFETY: fork in a single-threaded process; the child only runs payload_exec.
         match unsafe { libc::fork() } {
-            -1 => fail(channel, StepError::new(Step::ForkPayload, Errno::last(), None)),
+            -1 => fail(
+                channel,
+                StepError::new(Step::ForkPayload, Errno::last(), None),
+            ),
             0 => payload_exec(payload, &plan.payload_hardening, channel),
             pid => payload_pid = Some(pid),
         }
@@ -460,7 +489,10 @@ mod tests {
         );
         assert!(fake.calls().contains(&Call::CloseRange(4, 8)));
         assert!(fake.calls().contains(&Call::Setresuid(1000)));
-        assert!(fake.calls().contains(&Call::Setrlimit(libc::RLIMIT_CORE as u32, 0, 0)));
+        assert!(
+            fake.calls()
+                .contains(&Call::Setrlimit(libc::RLIMIT_CORE as u32, 0, 0))
+        );
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct PayloadPlan {
 pub struct ChildPlan {
     pub unshare_flags: libc::c_int,
     pub userns: bool,
+    /// In a user namespace made by a root runtime: switch to uid/gid 0 inside (host
+    /// 100000), since host root is not mapped there.
+    pub become_ns_root: bool,
     pub pidns: bool,
     pub mounts: MountPlan,
     pub hostname: Vec<u8>,
@@ -79,7 +82,11 @@ pub struct ChildPlan {
 
 /// The fd ranges to close so that only `keep` (sorted or not) stays open.
 pub fn close_ranges(keep: &[RawFd]) -> Vec<(u32, u32)> {
-    let mut keep: Vec<u32> = keep.iter().filter(|&&f| f >= 0).map(|&f| f as u32).collect();
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&f| f >= 0)
+        .map(|&f| f as u32)
+        .collect();
     keep.sort_unstable();
     keep.dedup();
     let mut ranges = Vec::new();

@@ -31,7 +31,10 @@ pub enum StartError {
     #[error("cannot open a pidfd for init (pid {pid}): {errno}")]
     Pidfd { pid: i32, errno: nix::errno::Errno },
     #[error("moving an fd above {min} failed: {errno}")]
-    Dup { min: RawFd, errno: nix::errno::Errno },
+    Dup {
+        min: RawFd,
+        errno: nix::errno::Errno,
+    },
 }
 
 impl From<StepError> for StartError {

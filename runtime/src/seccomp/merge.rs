@@ -37,11 +37,36 @@ pub fn merge(programs: &[Vec<Insn>], x32_guard: bool) -> Vec<Insn> {
     let mut out = Vec::new();
     if x32_guard {
         out.extend_from_slice(&[
-            Insn { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: 4 },
-            Insn { code: BPF_JMP_JEQ_K, jt: 0, jf: 3, k: AUDIT_ARCH_X86_64 },
-            Insn { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: 0 },
-            Insn { code: BPF_JMP_JGE_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
-            Insn { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | ENOSYS },
+            Insn {
+                code: BPF_LD_W_ABS,
+                jt: 0,
+                jf: 0,
+                k: 4,
+            },
+            Insn {
+                code: BPF_JMP_JEQ_K,
+                jt: 0,
+                jf: 3,
+                k: AUDIT_ARCH_X86_64,
+            },
+            Insn {
+                code: BPF_LD_W_ABS,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            Insn {
+                code: BPF_JMP_JGE_K,
+                jt: 0,
+                jf: 1,
+                k: X32_SYSCALL_BIT,
+            },
+            Insn {
+                code: BPF_RET_K,
+                jt: 0,
+                jf: 0,
+                k: SECCOMP_RET_ERRNO | ENOSYS,
+            },
         ]);
     }
     for (i, program) in programs.iter().enumerate() {

@@ -218,10 +218,23 @@ mod tests {
             libc::SYS_acct,
             libc::SYS_quotactl,
         ] {
-            assert_eq!(run_bpf(prog, nr as u32, X86_64, [0; 6]), EPERM_RET, "syscall {nr}");
+            assert_eq!(
+                run_bpf(prog, nr as u32, X86_64, [0; 6]),
+                EPERM_RET,
+                "syscall {nr}"
+            );
         }
-        for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_openat, libc::SYS_execve] {
-            assert_eq!(run_bpf(prog, nr as u32, X86_64, [0; 6]), ALLOW, "syscall {nr}");
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_openat,
+            libc::SYS_execve,
+        ] {
+            assert_eq!(
+                run_bpf(prog, nr as u32, X86_64, [0; 6]),
+                ALLOW,
+                "syscall {nr}"
+            );
         }
     }
 
@@ -230,32 +243,66 @@ mod tests {
         let p = default_program();
         let prog = p.instructions();
         let clone = libc::SYS_clone as u32;
-        let fork_flags = (libc::SIGCHLD | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64;
-        let thread_flags = (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD) as u64;
-        assert_eq!(run_bpf(prog, clone, X86_64, [fork_flags, 0, 0, 0, 0, 0]), ALLOW);
-        assert_eq!(run_bpf(prog, clone, X86_64, [thread_flags, 0, 0, 0, 0, 0]), ALLOW);
-        for flag in [libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWPID, libc::CLONE_NEWNET] {
+        let fork_flags =
+            (libc::SIGCHLD | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64;
+        let thread_flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD) as u64;
+        assert_eq!(
+            run_bpf(prog, clone, X86_64, [fork_flags, 0, 0, 0, 0, 0]),
+            ALLOW
+        );
+        assert_eq!(
+            run_bpf(prog, clone, X86_64, [thread_flags, 0, 0, 0, 0, 0]),
+            ALLOW
+        );
+        for flag in [
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWNET,
+        ] {
             let flags = fork_flags | flag as u64;
-            assert_eq!(run_bpf(prog, clone, X86_64, [flags, 0, 0, 0, 0, 0]), EPERM_RET);
+            assert_eq!(
+                run_bpf(prog, clone, X86_64, [flags, 0, 0, 0, 0, 0]),
+                EPERM_RET
+            );
         }
-        assert_eq!(run_bpf(prog, libc::SYS_clone3 as u32, X86_64, [0; 6]), ENOSYS_RET);
+        assert_eq!(
+            run_bpf(prog, libc::SYS_clone3 as u32, X86_64, [0; 6]),
+            ENOSYS_RET
+        );
     }
 
     #[test]
     fn personality_allows_only_query_and_per_linux() {
         let p = default_program();
         let nr = libc::SYS_personality as u32;
-        assert_eq!(run_bpf(p.instructions(), nr, X86_64, [0xffff_ffff, 0, 0, 0, 0, 0]), ALLOW);
-        assert_eq!(run_bpf(p.instructions(), nr, X86_64, [0, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(
+            run_bpf(p.instructions(), nr, X86_64, [0xffff_ffff, 0, 0, 0, 0, 0]),
+            ALLOW
+        );
+        assert_eq!(
+            run_bpf(p.instructions(), nr, X86_64, [0, 0, 0, 0, 0, 0]),
+            ALLOW
+        );
         // ADDR_NO_RANDOMIZE
-        assert_eq!(run_bpf(p.instructions(), nr, X86_64, [0x0040000, 0, 0, 0, 0, 0]), EPERM_RET);
+        assert_eq!(
+            run_bpf(p.instructions(), nr, X86_64, [0x0040000, 0, 0, 0, 0, 0]),
+            EPERM_RET
+        );
     }
 
     #[test]
     fn x32_syscall_numbers_are_refused() {
         let p = default_program();
         let x32_mount = libc::SYS_mount as u32 | 0x4000_0000;
-        assert_eq!(run_bpf(p.instructions(), x32_mount, X86_64, [0; 6]), ENOSYS_RET);
+        assert_eq!(
+            run_bpf(p.instructions(), x32_mount, X86_64, [0; 6]),
+            ENOSYS_RET
+        );
     }
 
     #[test]
@@ -264,7 +311,10 @@ mod tests {
         let good = dir.path().join("p.json");
         std::fs::write(&good, r#"{"main":{"mismatch_action":"allow","match_action":{"errno":1},"filter":[{"syscall":"getpid"}]}}"#).unwrap();
         let prog = compile_file(&good).unwrap();
-        assert_eq!(run_bpf(prog.instructions(), libc::SYS_getpid as u32, X86_64, [0; 6]), EPERM_RET);
+        assert_eq!(
+            run_bpf(prog.instructions(), libc::SYS_getpid as u32, X86_64, [0; 6]),
+            EPERM_RET
+        );
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, r#"{"main":{"mismatch_action":"allow","match_action":"allow","filter":[{"syscall":"no_such_call"}]}}"#).unwrap();
         let err = compile_file(&bad).unwrap_err().to_string();
