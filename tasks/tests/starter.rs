@@ -214,7 +214,13 @@ fn answers_match_an_independent_python_computation() {
     let (reg, _tmp) = common::registry_without_data();
     let suite = reg.load("starter").unwrap();
     let dir = suite.data_dir.join("starter");
-    let output = match Command::new("python3")
+    // Debian's interpreter when present (a pyenv shim on PATH may not be usable).
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let output = match Command::new(python)
         .arg("-c")
         .arg(PY_ANSWERS)
         .arg(&dir)

@@ -515,8 +515,13 @@ pub(crate) mod tests {
         pub err: String,
     }
 
+    /// `$DSBOX_DSGYM_DATA`, else `<repo>/../shared/data/dsgym`.
     pub(crate) fn shared_data() -> Option<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dsgym");
+        let dir = std::env::var_os("DSBOX_DSGYM_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dsgym")
+            });
         if dir.join("task").is_dir() {
             Some(dir)
         } else {
