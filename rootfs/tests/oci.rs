@@ -2,7 +2,8 @@
 //! first layer, whiteouts and an opaque dir in a second) is imported, gets the `minimal`
 //! environment, and runs python3 from it. Malicious layers are refused.
 //!
-//! Needs root (chroot) and the host's /usr/bin/python3.11, like the rest of the suite.
+//! Needs root (chroot) and the host's Debian/Ubuntu /usr/bin/python3, like the rest of the
+//! suite.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,13 @@ fn add_raw(b: &mut tar::Builder<Vec<u8>>, name: &[u8], kind: tar::EntryType, dat
     b.append(&h, data).unwrap();
 }
 
-/// Layer 1: merged-/usr skeleton, the host's python3.11 with the libraries it links, its
+/// `python3.X`: what the host's /usr/bin/python3 points at.
+fn host_python() -> String {
+    let target = std::fs::read_link("/usr/bin/python3").expect("/usr/bin/python3 is a symlink");
+    target.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Layer 1: merged-/usr skeleton, the host's python3.X with the libraries it links, its
 /// stdlib, and files for layer 2 to delete.
 fn base_layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -61,13 +68,14 @@ fn base_layer() -> Vec<u8> {
     add_symlink(&mut b, "bin", "usr/bin");
     add_symlink(&mut b, "lib", "usr/lib");
     add_symlink(&mut b, "lib64", "usr/lib64");
-    let python = std::fs::read("/usr/bin/python3.11").expect("the host's /usr/bin/python3.11");
+    let py = host_python();
+    let python = std::fs::read(format!("/usr/bin/{py}")).expect("the host's /usr/bin/python3.X");
     let mut h = header(tar::EntryType::Regular, 0o755, python.len() as u64);
-    b.append_data(&mut h, "usr/bin/python3.11", python.as_slice())
+    b.append_data(&mut h, format!("usr/bin/{py}"), python.as_slice())
         .unwrap();
-    add_symlink(&mut b, "usr/bin/python3", "python3.11");
+    add_symlink(&mut b, "usr/bin/python3", &py);
     let ldd = Command::new("ldd")
-        .arg("/usr/bin/python3.11")
+        .arg(format!("/usr/bin/{py}"))
         .output()
         .unwrap();
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
@@ -89,7 +97,7 @@ fn base_layer() -> Vec<u8> {
         let mut h = header(tar::EntryType::Regular, 0o755, data.len() as u64);
         b.append_data(&mut h, rel, data.as_slice()).unwrap();
     }
-    for entry in std::fs::read_dir("/usr/lib/python3.11").unwrap() {
+    for entry in std::fs::read_dir(format!("/usr/lib/{py}")).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         if [
@@ -104,7 +112,7 @@ fn base_layer() -> Vec<u8> {
         {
             continue;
         }
-        let dest = format!("usr/lib/python3.11/{name}");
+        let dest = format!("usr/lib/{py}/{name}");
         if entry.file_type().unwrap().is_dir() {
             b.append_dir_all(&dest, entry.path()).unwrap();
         } else {
@@ -236,7 +244,7 @@ fn check_tree(root: &Path) {
             "/opt/dsbox/env/bin/python",
             "import sys, os; print(sys.prefix, os.__file__)"
         ),
-        "/opt/dsbox/env /usr/lib/python3.11/os.py"
+        format!("/opt/dsbox/env /usr/lib/{}/os.py", host_python())
     );
 }
 
@@ -477,7 +485,10 @@ fn packages_install_into_the_image_with_uv_and_with_pip() {
             "import sys, tabulate; print(sys.prefix, tabulate.__file__)",
         );
         assert!(
-            out.starts_with("/opt/dsbox/env /opt/dsbox/env/lib/python3.11/site-packages/tabulate/"),
+            out.starts_with(&format!(
+                "/opt/dsbox/env /opt/dsbox/env/lib/{}/site-packages/tabulate/",
+                host_python()
+            )),
             "{out}"
         );
         // The console script runs inside the image too.
@@ -485,7 +496,10 @@ fn packages_install_into_the_image_with_uv_and_with_pip() {
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");
         assert!(
             !root
-                .join("opt/dsbox/env/lib/python3.11/site-packages/bin")
+                .join(format!(
+                    "opt/dsbox/env/lib/{}/site-packages/bin",
+                    host_python()
+                ))
                 .exists()
         );
     }
