@@ -136,17 +136,19 @@ pub fn from_config(text: &str, bundle: &Path, path: &Path) -> Result<SandboxSpec
                 "dsbox has no terminal support; set it to false",
             ));
         }
-        let mut p = ProcessSpec::default();
-        p.args = process
-            .get("args")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut p = ProcessSpec {
+            args: process
+                .get("args")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ..ProcessSpec::default()
+        };
         if p.args.is_empty() {
             return Err(invalid(
                 "process.args",

@@ -255,8 +255,7 @@ impl MountPlan {
         };
         let root_c = cstr(staging)?;
         let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-        let root_remount_flags;
-        match &spec.root {
+        let root_remount_flags = match &spec.root {
             Root::Host => {
                 b.mount(
                     Step::MountRoot,
@@ -321,7 +320,7 @@ impl MountPlan {
                         b.bind(&host, &host, true)?;
                     }
                 }
-                root_remount_flags = libc::MS_REMOUNT | libc::MS_RDONLY | nosuid_nodev;
+                libc::MS_REMOUNT | libc::MS_RDONLY | nosuid_nodev
             }
             Root::Dir(dir) => {
                 b.mount(
@@ -332,13 +331,13 @@ impl MountPlan {
                     libc::MS_BIND | libc::MS_REC,
                     None,
                 );
-                root_remount_flags = libc::MS_BIND
+                libc::MS_BIND
                     | libc::MS_REMOUNT
                     | libc::MS_RDONLY
                     | nosuid_nodev
-                    | locked_flags(dir);
+                    | locked_flags(dir)
             }
-        }
+        };
         for dir in &spec.scratch.dirs {
             let mode = if dir == Path::new("/tmp") {
                 0o1777

@@ -91,9 +91,9 @@ pub enum KillReason {
 
 fn format_bytes(b: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if b >= MIB && b % MIB == 0 {
+    if b >= MIB && b.is_multiple_of(MIB) {
         format!("{} MiB", b / MIB)
-    } else if b >= 1024 && b % 1024 == 0 {
+    } else if b >= 1024 && b.is_multiple_of(1024) {
         format!("{} KiB", b / 1024)
     } else {
         format!("{b} bytes")
@@ -901,6 +901,33 @@ impl Drop for Sandbox {
     }
 }
 
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// For a CLI that runs one sandbox in the foreground: SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2
+/// sent to this process go to the sandbox's init (which passes them to the payload), and
+/// SIGINT/SIGQUIT are ignored here because the terminal already delivers them to the
+/// payload (same process group). Without this, a ^C would kill the runtime before it
+/// could clean up. Process-wide: only for single-sandbox programs.
+pub fn forward_signals_to(sandbox: &Sandbox) {
+    FORWARD_TO.store(sandbox.pid(), Ordering::Relaxed);
+    // SAFETY: installing a handler that only calls kill(2), and SIG_IGN for two signals.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+            libc::signal(sig, forward_signal as *const () as libc::sighandler_t);
+        }
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,32 +960,5 @@ mod tests {
         );
         let p = ProcessSpec::new(["./x"]);
         assert_eq!(exec_candidates(&p, &env), vec![c"./x".to_owned()]);
-    }
-}
-
-static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-extern "C" fn forward_signal(sig: libc::c_int) {
-    let pid = FORWARD_TO.load(Ordering::Relaxed);
-    if pid > 0 {
-        // SAFETY: kill(2) is async-signal-safe.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-/// For a CLI that runs one sandbox in the foreground: SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2
-/// sent to this process go to the sandbox's init (which passes them to the payload), and
-/// SIGINT/SIGQUIT are ignored here because the terminal already delivers them to the
-/// payload (same process group). Without this, a ^C would kill the runtime before it
-/// could clean up. Process-wide: only for single-sandbox programs.
-pub fn forward_signals_to(sandbox: &Sandbox) {
-    FORWARD_TO.store(sandbox.pid(), Ordering::Relaxed);
-    // SAFETY: installing a handler that only calls kill(2), and SIG_IGN for two signals.
-    unsafe {
-        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
-            libc::signal(sig, forward_signal as *const () as libc::sighandler_t);
-        }
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
 }

@@ -346,6 +346,7 @@ pub enum RlimitResource {
 
 impl RlimitResource {
     /// The `RLIMIT_*` number.
+    #[allow(clippy::unnecessary_cast)] // RLIMIT_* are u32 on glibc, i32 on musl
     pub fn raw(self) -> u32 {
         (match self {
             RlimitResource::Nofile => libc::RLIMIT_NOFILE,

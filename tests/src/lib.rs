@@ -57,9 +57,9 @@ pub fn probe_mount() -> Vec<String> {
 /// namespaces and cgroups).
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the runtime integration tests need root (namespaces, cgroups, pivot_root)"
     );
 }
@@ -112,6 +112,9 @@ pub fn parse_last_json(stdout: &[u8]) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// handled_access_fs, handled_access_net, scoped, rules (path, access).
+type LandlockJoin = (u64, u64, u64, Vec<(CString, u64)>);
+
 /// Everything the joining child needs, converted before fork so the child only makes
 /// syscalls.
 struct PreparedJoin {
@@ -121,7 +124,7 @@ struct PreparedJoin {
     cwd: CString,
     env: Vec<CString>,
     rlimits: Vec<(u32, u64, u64)>,
-    landlock: Option<(u64, u64, u64, Vec<(CString, u64)>)>,
+    landlock: Option<LandlockJoin>,
     seccomp: Option<Vec<libc::sock_filter>>,
     drop_caps: bool,
     argv: Vec<CString>,

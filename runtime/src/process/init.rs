@@ -489,10 +489,11 @@ mod tests {
         );
         assert!(fake.calls().contains(&Call::CloseRange(4, 8)));
         assert!(fake.calls().contains(&Call::Setresuid(1000)));
-        assert!(
-            fake.calls()
-                .contains(&Call::Setrlimit(libc::RLIMIT_CORE as u32, 0, 0))
-        );
+        assert!(fake.calls().contains(&Call::Setrlimit(
+            crate::spec::RlimitResource::Core.raw(),
+            0,
+            0
+        )));
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub fn to_bytes(program: &[Insn]) -> Vec<u8> {
 
 /// Parse a `struct sock_filter` array; `None` if the length is not a multiple of 8.
 pub fn from_bytes(bytes: &[u8]) -> Option<Vec<Insn>> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return None;
     }
     Some(

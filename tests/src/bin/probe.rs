@@ -69,8 +69,8 @@ fn status_fields() -> BTreeMap<String, String> {
 
 fn dangerous_syscalls() -> Value {
     let mut out = serde_json::Map::new();
-    // SAFETY (all below): raw syscalls with null/zeroed arguments; each is expected to be
-    // refused, and none of them dereferences memory we do not own.
+    // SAFETY: raw syscalls with null or zeroed arguments; each is expected to be refused,
+    // and none of them dereferences memory we do not own.
     unsafe {
         out.insert(
             "mount".into(),
