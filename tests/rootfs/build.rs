@@ -288,3 +288,43 @@ fn debootstrap_base_builds_a_hermetic_tree() {
     );
     rootfs(store, &["verify", "minimal-debootstrap"]).ok();
 }
+
+#[test]
+fn user_profile_optional_packages_that_do_not_resolve_are_left_out_and_recorded() {
+    let dir = scratch();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("mine.toml"),
+        "extends = \"minimal\"\npackages = [\"tabulate\"]\noptional = [\"dsbox-no-such-package-7f3a\", \"six\"]\npreload = [\"tabulate\"]\n",
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let mut cmd = rootfs_cmd(&store, &["build", "--profile", "mine"]);
+    cmd.env("DSBOX_PROFILES", &profiles);
+    let out = output(&mut cmd);
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("note: optional package dsbox-no-such-package-7f3a left out"),
+        "{}",
+        out.stderr
+    );
+    let show = rootfs(&store, &["show", "mine", "--json"]).ok().json();
+    let names: Vec<&str> = show["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["six", "tabulate"]);
+    assert_eq!(show["left_out"][0]["package"], "dsbox-no-such-package-7f3a");
+    assert!(
+        show["left_out"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be installed"),
+        "{show}"
+    );
+    assert_eq!(show["preload"], serde_json::json!(["tabulate"]));
+}
