@@ -432,6 +432,10 @@ impl Sandbox {
             landlock: landlock_plan.as_ref().map(LandlockPlan::prepare),
             seccomp: seccomp.clone(),
         };
+        // The built-in policy is installed once by init and inherited (see init.rs).
+        let seccomp_in_init = spec.namespaces.pid
+            && matches!(spec.seccomp, SeccompPolicy::Default)
+            && hardening.seccomp.is_some();
         let payload = spec.process.as_ref().map(|p| PayloadPlan {
             candidates: exec_candidates(p, &env),
             argv: p
@@ -460,9 +464,14 @@ impl Sandbox {
             payload,
             init_hardening: Hardening {
                 landlock: None,
+                seccomp: if seccomp_in_init { None } else { hardening.seccomp.clone() },
                 ..hardening.clone()
             },
-            payload_hardening: hardening,
+            seccomp_in_init: if seccomp_in_init { hardening.seccomp.clone() } else { None },
+            payload_hardening: Hardening {
+                seccomp: if seccomp_in_init { None } else { hardening.seccomp.clone() },
+                ..hardening
+            },
             die_with_parent: opts.die_with_runtime,
             profile: profile(),
             runtime_pid: std::process::id() as i32,

@@ -721,14 +721,9 @@ fn gc_removes_what_a_killed_runtime_left_behind() {
         String::from_utf8_lossy(&out.stdout)
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        report["removed_records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| record.to_string_lossy().contains(r.as_str().unwrap())),
-        "{report}"
-    );
+    // Either this gc or the startup sweep of a `dsbox run` from a test running alongside
+    // removed it; both are the collector at work.
+    assert!(report["errors"].as_array().unwrap().is_empty(), "{report}");
     assert!(!record.exists());
     for cg in cgroups {
         assert!(!cg.exists(), "{} survived gc", cg.display());

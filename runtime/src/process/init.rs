@@ -366,16 +366,20 @@ fn init_main(plan: &ChildPlan, channel: RawFd, mut steps: Vec<StepTime>) -> ! {
         // The runtime is gone: nobody will wait for this sandbox.
         exit(SETUP_FAILED);
     }
+    // With the built-in policy, init installs the seccomp filter once, before the payload
+    // exists; the payload inherits it (compiling a filter into the kernel costs ~0.2 ms,
+    // so this saves one). The policy allows every syscall the payload's remaining setup
+    // makes. A user policy could block those, so it is installed by the payload, last.
+    if let Some(bpf) = &plan.seccomp_in_init
+        && let Err(e) = bpf.apply(&sys)
+    {
+        fail(channel, StepError::new(Step::Seccomp, e, None));
+    }
     let mut payload_pid = None;
     if let Some(payload) = &plan.payload {
-        // SAFETY: fork in a single-threaded process; the child only runs payload_exec.
-        match unsafe { libc::fork() } {
-            -1 => fail(
-                channel,
-                StepError::new(Step::ForkPayload, Errno::last(), None),
-            ),
-            0 => payload_exec(payload, &plan.payload_hardening, channel),
-            pid => payload_pid = Some(pid),
+        match spawn_payload(payload, &plan.payload_hardening, channel) {
+            Ok(pid) => payload_pid = Some(pid),
+            Err(e) => fail(channel, StepError::new(Step::ForkPayload, e, None)),
         }
     }
 
@@ -389,6 +393,61 @@ fn init_main(plan: &ChildPlan, channel: RawFd, mut steps: Vec<StepTime>) -> ! {
         exit(SETUP_FAILED);
     }
     init_loop(channel, payload_pid, &set)
+}
+
+struct PayloadArgs<'a> {
+    plan: &'a PayloadPlan,
+    hardening: &'a Hardening,
+    channel: RawFd,
+}
+
+extern "C" fn payload_trampoline(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the PayloadArgs on init's stack; init is suspended
+    // (CLONE_VFORK) until this child execs or exits, so the reference stays valid.
+    let args = unsafe { &*(arg as *const PayloadArgs<'_>) };
+    payload_exec(args.plan, args.hardening, args.channel)
+}
+
+/// Start the payload the way posix_spawn does: `clone(CLONE_VM | CLONE_VFORK)` on a
+/// separate stack. Sharing init's memory skips copying its page tables (the runtime's
+/// address space, which can be large), and init, single-threaded, is suspended until
+/// the payload execs, so nothing else touches that memory meanwhile.
+fn spawn_payload(plan: &PayloadPlan, h: &Hardening, channel: RawFd) -> Result<i32, Errno> {
+    const STACK: usize = 1 << 20;
+    // SAFETY: an anonymous private mapping; only the child uses it, and it stays mapped
+    // (init never returns to reuse it before the child has exec'd or exited).
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let args = PayloadArgs {
+        plan,
+        hardening: h,
+        channel,
+    };
+    // SAFETY: the stack grows down from the end of the mapping; the trampoline never
+    // returns (it execs or _exits); args outlives the child's use of it (see above).
+    let pid = unsafe {
+        libc::clone(
+            payload_trampoline,
+            stack.cast::<u8>().add(STACK).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const PayloadArgs<'_> as *mut libc::c_void,
+        )
+    };
+    let result = if pid < 0 { Err(Errno::last()) } else { Ok(pid) };
+    // SAFETY: the child has exec'd or exited: the stack is ours again.
+    unsafe { libc::munmap(stack, STACK) };
+    result
 }
 
 /// Reap every child, forward signals, report the payload's exit and leave with it (which

@@ -71,6 +71,9 @@ pub struct ChildPlan {
     pub payload: Option<PayloadPlan>,
     pub payload_hardening: Hardening,
     pub init_hardening: Hardening,
+    /// A seccomp program init installs before starting the payload, which inherits it
+    /// (then neither hardening installs it again).
+    pub seccomp_in_init: Option<BpfProgram>,
     /// Kill init when the runtime's thread that started it dies (PR_SET_PDEATHSIG).
     pub die_with_parent: bool,
     /// Record a timestamp after every mount operation and every payload step
