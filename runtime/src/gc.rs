@@ -72,6 +72,8 @@ pub fn collect(state_dir: &Path, system: &CgroupSystem, cgroup_parent: Option<&P
                 }
                 match std::fs::remove_file(&path) {
                     Ok(()) => report.removed_records.push(rec.id),
+                    // Another collector (a concurrent startup sweep) was faster.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => report.errors.push(format!("{}: {e}", path.display())),
                 }
             }

@@ -464,12 +464,24 @@ impl Sandbox {
             payload,
             init_hardening: Hardening {
                 landlock: None,
-                seccomp: if seccomp_in_init { None } else { hardening.seccomp.clone() },
+                seccomp: if seccomp_in_init {
+                    None
+                } else {
+                    hardening.seccomp.clone()
+                },
                 ..hardening.clone()
             },
-            seccomp_in_init: if seccomp_in_init { hardening.seccomp.clone() } else { None },
+            seccomp_in_init: if seccomp_in_init {
+                hardening.seccomp.clone()
+            } else {
+                None
+            },
             payload_hardening: Hardening {
-                seccomp: if seccomp_in_init { None } else { hardening.seccomp.clone() },
+                seccomp: if seccomp_in_init {
+                    None
+                } else {
+                    hardening.seccomp.clone()
+                },
                 ..hardening
             },
             die_with_parent: opts.die_with_runtime,
