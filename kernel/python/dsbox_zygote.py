@@ -162,10 +162,24 @@ def _check_plan(plan):
 def join(plan, channel, pidfd=None, cgroup_fds=(), sys_=None):
     """Apply a JoinPlan in this (freshly forked, single-threaded) process.
 
-    Returns the channel's new fd (3). Raises JoinError naming the failed step.
+    Returns the channel's new fd (3). Raises JoinError naming the failed step; its
+    `channel` attribute is the channel's fd at that point (it moves to 3 on the way).
     """
+    where = {"channel": channel}
+    try:
+        return _join(plan, where, pidfd, cgroup_fds, sys_ or Sys())
+    except JoinError as e:
+        e.channel = where["channel"]
+        raise
+    except BaseException as e:
+        err = JoinError("internal", 0, "%s: %s" % (type(e).__name__, e))
+        err.channel = where["channel"]
+        raise err
+
+
+def _join(plan, where, pidfd, cgroup_fds, s):
+    channel = where["channel"]
     _check_plan(plan)
-    s = sys_ or Sys()
 
     # 1. cgroup: before anything else, so every later allocation is charged to it.
     for fd in cgroup_fds:
@@ -190,7 +204,7 @@ def join(plan, channel, pidfd=None, cgroup_fds=(), sys_=None):
     try:
         if channel != 3:
             os.dup2(channel, 3, inheritable=False)
-            channel = 3
+            channel = where["channel"] = 3
         os.closerange(4, 1 << 20)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
@@ -490,7 +504,7 @@ class Zygote:
             gc.enable()
             channel = join(plan, channel, pidfd, cgroups, self.sys)
         except JoinError as e:
-            report_join_error(channel, e.step, e.errno, e.detail)
+            report_join_error(getattr(e, "channel", channel), e.step, e.errno, e.detail)
             os._exit(111)
         except BaseException as e:
             report_join_error(channel, "internal", 0, "%s: %s" % (type(e).__name__, e))

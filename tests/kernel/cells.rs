@@ -1,0 +1,257 @@
+//! What a cell returns: state, ordered streams, results, rich output, errors, magics.
+
+use dsbox_kernel::{CellStatus, OutputItem, StreamName};
+
+use crate::{kernel, run};
+
+fn streams(cell: &dsbox_kernel::CellResult) -> Vec<(StreamName, String)> {
+    cell.items
+        .iter()
+        .filter_map(|i| match i {
+            OutputItem::Stream { name, text } => Some((*name, text.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn state_is_kept_across_cells() {
+    let mut k = kernel().await;
+    let cell = run(&mut k, "x = 41\ndef inc(v):\n    return v + 1").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert!(cell.items.is_empty(), "{cell:?}");
+    let cell = run(&mut k, "inc(x)").await;
+    assert_eq!(cell.result_text(), Some("42"));
+    assert_eq!(cell.execution_count, Some(2));
+    let cell = run(&mut k, "import pickle\nclass P: pass\nlen(pickle.dumps(P())) > 0").await;
+    assert_eq!(cell.result_text(), Some("True"), "user classes pickle: {cell:?}");
+}
+
+#[tokio::test]
+async fn each_stream_keeps_its_order_across_python_fd_c_and_subprocess_writes() {
+    let mut k = kernel().await;
+    let code = r#"
+import os, sys, subprocess, ctypes
+print("1 print")
+os.write(1, b"2 os.write\n")
+sys.stderr.write("3 stderr\n")
+os.write(2, b"4 fd2\n")
+subprocess.run(["sh", "-c", "echo 5 subprocess; echo 6 subprocess-err >&2"])
+print("7 print", flush=True)
+ctypes.CDLL(None).printf(b"8 C printf\n")
+os.write(1, b"9 os.write\n")
+print("10 print")
+"#;
+    let cell = run(&mut k, code).await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert_eq!(
+        cell.stdout(),
+        "1 print\n2 os.write\n5 subprocess\n7 print\n8 C printf\n9 os.write\n10 print\n"
+    );
+    assert_eq!(cell.stderr(), "3 stderr\n4 fd2\n6 subprocess-err\n");
+}
+
+#[tokio::test]
+async fn python_level_writes_keep_their_order_across_streams() {
+    let mut k = kernel().await;
+    let code = "import sys, os\nprint('a')\nsys.stderr.write('b\\n')\nprint('c')\nos.write(2, b'd\\n')\nprint('e')";
+    let cell = run(&mut k, code).await;
+    let expected: Vec<(StreamName, String)> = [
+        (StreamName::Stdout, "a\n"),
+        (StreamName::Stderr, "b\n"),
+        (StreamName::Stdout, "c\n"),
+        (StreamName::Stderr, "d\n"),
+        (StreamName::Stdout, "e\n"),
+    ]
+    .iter()
+    .map(|(n, t)| (*n, t.to_string()))
+    .collect();
+    assert_eq!(merge_adjacent(streams(&cell)), expected);
+}
+
+/// Adjacent items of the same stream are one piece of text (the kernel may flush anywhere).
+fn merge_adjacent(items: Vec<(StreamName, String)>) -> Vec<(StreamName, String)> {
+    let mut out: Vec<(StreamName, String)> = Vec::new();
+    for (name, text) in items {
+        match out.last_mut() {
+            Some((last, t)) if *last == name => t.push_str(&text),
+            _ => out.push((name, text)),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn last_expression_is_the_result_with_ipython_semantics() {
+    let mut k = kernel().await;
+    let cell = run(&mut k, "a = 2\na * 21").await;
+    assert_eq!(cell.result_text(), Some("42"));
+    let cell = run(&mut k, "a * 21;").await;
+    assert_eq!(cell.result_text(), None, "a trailing ; hides the result: {cell:?}");
+    let cell = run(&mut k, "a * 21;  # comment").await;
+    assert_eq!(cell.result_text(), None);
+    let cell = run(&mut k, "b = a; b").await;
+    assert_eq!(cell.result_text(), Some("2"));
+    let cell = run(&mut k, "print('x')").await;
+    assert_eq!(cell.result_text(), None, "None is not shown");
+    let cell = run(&mut k, "'text'").await;
+    assert_eq!(cell.result_text(), Some("'text'"), "repr, like IPython");
+    let cell = run(&mut k, "list(range(30))").await;
+    assert_eq!(
+        cell.result_text().map(|t| t.lines().count()),
+        Some(30),
+        "long containers are pretty-printed one item per line: {cell:?}"
+    );
+    let cell = run(&mut k, "if a:\n    a + 1").await;
+    assert_eq!(cell.result_text(), None, "only a top-level expression is a result");
+    let cell = run(&mut k, "    c = 5\n    c").await;
+    assert_eq!(cell.result_text(), Some("5"), "an indented cell is dedented");
+    let cell = run(&mut k, "_").await;
+    assert_eq!(cell.result_text(), Some("5"), "_ is the last result");
+}
+
+#[tokio::test]
+async fn dataframe_gives_text_plain_and_text_html() {
+    let mut k = kernel().await;
+    let cell = run(
+        &mut k,
+        "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})\ndf",
+    )
+    .await;
+    let data = match cell.items.as_slice() {
+        [OutputItem::Result { data }] => data,
+        other => panic!("expected one result item, got {other:?}"),
+    };
+    let plain = &data["text/plain"];
+    assert!(plain.contains("a  b") && plain.contains("0  1  x"), "{plain}");
+    let html = &data["text/html"];
+    assert!(html.contains("<table") && html.contains("<td>x</td>"), "{html}");
+    let cell = run(&mut k, "display(int(df.a.sum()))\nprint('after')").await;
+    assert!(matches!(cell.items[0], OutputItem::DisplayData { .. }), "{cell:?}");
+    assert_eq!(cell.items[0].text_plain(), Some("3"));
+    assert_eq!(cell.stdout(), "after\n");
+}
+
+#[tokio::test]
+async fn matplotlib_plot_gives_a_png_on_show_and_at_cell_end() {
+    let mut k = kernel().await;
+    let cell = run(
+        &mut k,
+        "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()\nprint('between')\nplt.figure(figsize=(2, 2)); plt.bar([1], [2]);",
+    )
+    .await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    let kinds: Vec<&str> = cell
+        .items
+        .iter()
+        .map(|i| match i {
+            OutputItem::DisplayData { .. } => "figure",
+            OutputItem::Stream { .. } => "stream",
+            OutputItem::Result { .. } => "result",
+            OutputItem::Error { .. } => "error",
+        })
+        .collect();
+    assert_eq!(kinds, ["figure", "stream", "figure"], "{cell:?}");
+    for item in [&cell.items[0], &cell.items[2]] {
+        let png = item.image_png().expect("image/png").expect("valid base64");
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+        // IHDR: width and height are big-endian u32 at bytes 16..24.
+        let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+        let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+        assert!(width > 100 && height > 100, "{width}x{height}");
+        assert!(item.text_plain().unwrap().starts_with("<Figure size"));
+    }
+    let cell = run(&mut k, "import matplotlib.pyplot as plt\nlen(plt.get_fignums())").await;
+    assert_eq!(cell.result_text(), Some("0"), "figures are closed after being shown");
+}
+
+#[tokio::test]
+async fn exceptions_give_a_traceback_without_ansi_codes_or_kernel_frames() {
+    let mut k = kernel().await;
+    run(&mut k, "def f(x):\n    return 1 / x").await;
+    let cell = run(&mut k, "y = 3\nf(0)").await;
+    assert_eq!(cell.status, CellStatus::Error);
+    let (name, value, tb) = cell.error().expect("an error item");
+    assert_eq!(name, "ZeroDivisionError");
+    assert_eq!(value, "division by zero");
+    let text = tb.join("\n");
+    assert!(!text.contains('\x1b'), "no ANSI codes: {text}");
+    assert!(!text.contains("dsbox_kernel"), "kernel frames hidden: {text}");
+    assert!(text.starts_with("Traceback (most recent call last):"), "{text}");
+    assert!(text.contains("<cell-2>") && text.contains("f(0)"), "{text}");
+    assert!(text.contains("<cell-1>") && text.contains("return 1 / x"), "{text}");
+    assert!(tb.last().unwrap().starts_with("ZeroDivisionError"), "{tb:?}");
+    assert_eq!(run(&mut k, "y").await.result_text(), Some("3"), "state before the error kept");
+
+    let cell = run(&mut k, "def g(:\n    pass").await;
+    let (name, _, tb) = cell.error().expect("a syntax error item");
+    assert_eq!(name, "SyntaxError");
+    assert!(tb.iter().any(|l| l.contains("def g(:")), "{tb:?}");
+}
+
+#[tokio::test]
+async fn shell_escapes_run_commands_with_captured_output() {
+    let mut k = kernel().await;
+    let cell = run(&mut k, "!echo hi").await;
+    assert_eq!(cell.stdout(), "hi\n", "{cell:?}");
+    let cell = run(
+        &mut k,
+        "n = 7\nfor i in range(2):\n    !echo loop {i} $n\nfiles = !printf 'a\\nb\\n'\nfiles",
+    )
+    .await;
+    assert_eq!(cell.stdout(), "loop 0 7\nloop 1 7\n", "{cell:?}");
+    assert_eq!(cell.result_text(), Some("['a', 'b']"));
+    let cell = run(&mut k, "!exit 3\n_exit_code").await;
+    assert_eq!(cell.result_text(), Some("3"));
+    let cell = run(&mut k, "s = '!not a command'\nprint(s)").await;
+    assert_eq!(cell.stdout(), "!not a command\n", "! inside strings is left alone");
+}
+
+#[tokio::test]
+async fn line_magics_are_accepted_and_unknown_ones_are_usage_errors() {
+    let mut k = kernel().await;
+    let cell = run(&mut k, "%matplotlib inline\n%config InlineBackend.figure_format = 'png'\n1").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert_eq!(cell.result_text(), Some("1"));
+    let cell = run(&mut k, "%cd /tmp\n%pwd").await;
+    assert_eq!(cell.result_text(), Some("'/tmp'"), "{cell:?}");
+    let cell = run(&mut k, "%%writefile /tmp/dsbox-kernel-test-magic.txt\nhello").await;
+    assert!(cell.stdout().contains("dsbox-kernel-test-magic.txt"), "{cell:?}");
+    let cell = run(&mut k, "open('/tmp/dsbox-kernel-test-magic.txt').read()").await;
+    assert_eq!(cell.result_text(), Some("'hello\\n'"));
+    let cell = run(&mut k, "print('never')\n%nosuchmagic").await;
+    assert_eq!(cell.status, CellStatus::Error);
+    let (name, value, _) = cell.error().unwrap();
+    assert_eq!(name, "UsageError");
+    assert!(value.contains("%nosuchmagic"), "{value}");
+    assert_eq!(cell.stdout(), "", "a cell with an unknown magic does not run");
+}
+
+#[tokio::test]
+async fn kernel_survives_closed_stdout_system_exit_and_deleted_builtins() {
+    let mut k = kernel().await;
+    let cell = run(&mut k, "import sys\nsys.stdout.close()\nsys.stdout = open('/dev/null', 'w')\nprint('lost')").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    let cell = run(&mut k, "print('back')").await;
+    assert_eq!(cell.stdout(), "back\n", "streams restored at the next cell");
+    let cell = run(&mut k, "import sys\nsys.exit(3)").await;
+    assert_eq!(cell.error().map(|e| e.0), Some("SystemExit"));
+    let cell = run(&mut k, "import builtins\ndel builtins.len, builtins.isinstance, builtins.repr\nz = 1").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    let cell = run(&mut k, "z + 1").await;
+    assert_eq!(cell.result_text(), Some("2"), "{cell:?}");
+    let cell = run(&mut k, "1 / 0").await;
+    assert_eq!(cell.error().map(|e| e.0), Some("ZeroDivisionError"), "{cell:?}");
+    assert!(cell.error().unwrap().2.len() > 1, "traceback still formatted: {cell:?}");
+    assert_eq!(k.restarts(), 0);
+}
+
+#[tokio::test]
+async fn output_between_cells_is_reported_with_the_next_cell() {
+    let mut k = kernel().await;
+    let cell = run(&mut k, "import subprocess\np = subprocess.Popen(['sh', '-c', 'sleep 0.3; echo late'])").await;
+    assert_eq!(cell.stdout(), "");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let cell = run(&mut k, "p.wait()").await;
+    assert_eq!(cell.stdout(), "late\n", "{cell:?}");
+}
