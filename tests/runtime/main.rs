@@ -870,3 +870,121 @@ fn require_refuses_nothing_that_this_kernel_has_and_doctor_reports_it() {
     }
     assert!(!j["sandbox_cgroup_parents"].as_array().unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------- roles and policies
+
+#[test]
+fn without_a_pid_namespace_the_zygote_role_keeps_capabilities_but_not_the_host_filesystem() {
+    require_root();
+    let own_source = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let mut spec = probe_spec(&["report", "--read", own_source]);
+    spec.namespaces.pid = false;
+    spec.capabilities = dsbox_runtime::spec::CapabilityMode::Keep;
+    spec.seccomp = dsbox_runtime::spec::SeccompPolicy::Disabled;
+    spec.landlock.enabled = false;
+    let (r, w) = pipe();
+    let mut sb = Sandbox::spawn(
+        &spec,
+        SpawnOptions {
+            stdout: Stdio::Fd(w),
+            ..SpawnOptions::default()
+        },
+    )
+    .unwrap();
+    // No init: the runtime's child is the payload itself, in the host pid namespace.
+    let host_pid = sb.pid();
+    let report = sb.wait().unwrap();
+    let cgroups = sb.cgroup_paths();
+    sb.destroy().unwrap();
+    assert_eq!(report.code(), 0);
+    let j = parse_last_json(read_all(r).as_bytes());
+    assert_eq!(j["pid"].as_i64().unwrap(), host_pid as i64, "{j}");
+    assert_ne!(j["cap_eff"], "0000000000000000", "capabilities kept: {j}");
+    assert_eq!(j["seccomp"], "0");
+    assert_eq!(
+        j["reads"][own_source], "ENOENT",
+        "still pivoted into its own root: {j}"
+    );
+    assert_eq!(j["interfaces"], serde_json::json!(["lo"]));
+    assert!(!cgroups.is_empty() && cgroups.iter().all(|c| !c.exists()));
+}
+
+#[test]
+fn a_seccomp_policy_file_replaces_the_built_in_one() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"main": {"mismatch_action": "allow", "match_action": {"errno": 1},
+            "filter": [{"syscall": "mkdir"}, {"syscall": "mkdirat"}]}}"#,
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let script = "mkdir /tmp/d 2>/dev/null && echo mkdir-ok || echo mkdir-denied; \
+                  unshare -U true 2>/dev/null && echo unshare-ok || echo unshare-denied";
+    let out = dsbox(&["run", "--seccomp", p, "--", "/bin/sh", "-c", script]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mkdir-denied"), "{text}");
+    // Control: the built-in policy allows mkdir.
+    let out = dsbox(&["run", "--", "/bin/sh", "-c", script]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mkdir-ok"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unshare-denied"));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"main": {"mismatch_action": "allow", "match_action": "allow", "filter": [{"syscall": "nope"}]}}"#).unwrap();
+    assert_one_clear_line(
+        &dsbox(&["run", "--seccomp", bad.to_str().unwrap(), "--", "/bin/true"]),
+        125,
+        "does not compile",
+    );
+}
+
+#[test]
+fn sigterm_to_dsbox_reaches_the_payload_through_init() {
+    require_root();
+    let mut child = std::process::Command::new(dsbox_tests::dsbox_bin())
+        .args([
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    stdout.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(7), "{rest}");
+    assert!(rest.contains("got-term"));
+}
+
+#[test]
+fn the_cpu_quota_is_written_to_the_sandbox_cgroup() {
+    require_root();
+    let mut spec = probe_spec(&["spin"]);
+    spec.limits.cpus = Some(0.5);
+    let mut sb = Sandbox::spawn(&spec, SpawnOptions::default()).unwrap();
+    let paths = sb.cgroup_paths();
+    let quota: Vec<String> = paths
+        .iter()
+        .filter_map(|p| {
+            std::fs::read_to_string(p.join("cpu.cfs_quota_us"))
+                .or_else(|_| std::fs::read_to_string(p.join("cpu.max")))
+                .ok()
+        })
+        .collect();
+    sb.kill().unwrap();
+    assert_eq!(sb.wait().unwrap().code(), 137);
+    sb.destroy().unwrap();
+    assert_eq!(quota.len(), 1, "{paths:?}");
+    assert!(quota[0].starts_with("50000"), "{quota:?}");
+}
