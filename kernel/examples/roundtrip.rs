@@ -70,7 +70,11 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--count needs a positive number")?
             }
             "--json" => args.json = true,
-            other => return Err(format!("unknown argument {other:?}: use --python, --count, --json")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}: use --python, --count, --json"
+                ));
+            }
         }
     }
     Ok(args)
@@ -126,15 +130,16 @@ fn main() -> ExitCode {
         .args(["-c", JUPYTER_DRIVER, &args.count.to_string()])
         .output();
     let jupyter = match jupyter {
-        Ok(out) if out.status.success() => {
-            serde_json::from_slice::<Vec<f64>>(&out.stdout)
-                .ok()
-                .map(|s| percentiles(s.into_iter().map(|x| x * 1e6).collect()))
-        }
+        Ok(out) if out.status.success() => serde_json::from_slice::<Vec<f64>>(&out.stdout)
+            .ok()
+            .map(|s| percentiles(s.into_iter().map(|x| x * 1e6).collect())),
         Ok(out) => {
             eprintln!(
                 "roundtrip: Jupyter baseline skipped: {}",
-                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed")
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("failed")
             );
             None
         }
@@ -160,7 +165,10 @@ fn main() -> ExitCode {
         });
         println!("{out}");
     } else {
-        println!("machine: {cores} cores, Linux {kernel_release}; {} round trips each", args.count);
+        println!(
+            "machine: {cores} cores, Linux {kernel_release}; {} round trips each",
+            args.count
+        );
         println!("dsbox   1+1: p50 {p50:8.1} us  p99 {p99:8.1} us  (kernel side p50 {k50:.1} us)");
         if let Some((j50, j99)) = jupyter {
             println!("jupyter 1+1: p50 {j50:8.1} us  p99 {j99:8.1} us");

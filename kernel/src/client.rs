@@ -199,7 +199,9 @@ pub enum KernelError {
     Protocol(#[from] ProtocolError),
     #[error("I/O on the kernel channel failed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the kernel was lost in an earlier cell ({reason}); restart it before running more code")]
+    #[error(
+        "the kernel was lost in an earlier cell ({reason}); restart it before running more code"
+    )]
     Lost { reason: LostReason },
     #[error("could not start the kernel with {}: {source}; check that this Python exists", python.display())]
     Spawn {

@@ -183,7 +183,10 @@ impl OutputCollector {
     /// Append to the head: merge with the previous item if it is the same stream.
     fn append_head(&mut self, name: StreamName, text: &str) -> bool {
         let st = &mut self.streams[name as usize];
-        if let Some(OutputItem::Stream { name: last, text: t }) = self.items.last_mut()
+        if let Some(OutputItem::Stream {
+            name: last,
+            text: t,
+        }) = self.items.last_mut()
             && *last == name
         {
             t.push_str(text);
@@ -502,7 +505,10 @@ mod tests {
         assert!(text.ends_with("line 99999\n"));
         // ASCII text: exactly 500 bytes of head and 500 of tail are kept.
         assert_eq!(cut.stdout_bytes_cut + 1000, total);
-        assert!(text.contains(&format!("[... {} bytes of stdout cut by dsbox", cut.stdout_bytes_cut)));
+        assert!(text.contains(&format!(
+            "[... {} bytes of stdout cut by dsbox",
+            cut.stdout_bytes_cut
+        )));
     }
 
     #[test]
@@ -555,7 +561,11 @@ mod tests {
             ..OutputCaps::default()
         });
         let img = |b64: &str| OutputItem::DisplayData {
-            data: [("image/png".to_owned(), b64.to_owned()), ("text/plain".to_owned(), "<Figure>".to_owned())].into(),
+            data: [
+                ("image/png".to_owned(), b64.to_owned()),
+                ("text/plain".to_owned(), "<Figure>".to_owned()),
+            ]
+            .into(),
         };
         c.push(img("AAAA"));
         c.push(img("AAAAAAAAAAAA")); // too big
@@ -586,7 +596,9 @@ mod tests {
         let (items, cut) = c.finish();
         assert!(items[0].text_plain().unwrap().len() < 200);
         match &items[1] {
-            OutputItem::Error { value, traceback, .. } => {
+            OutputItem::Error {
+                value, traceback, ..
+            } => {
                 assert!(value.len() < 300);
                 assert!(traceback.len() < 60);
                 assert_eq!(traceback.last().unwrap(), "frame 999");

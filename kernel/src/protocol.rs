@@ -39,7 +39,9 @@ pub enum ProtocolError {
     },
     #[error("kernel sent an invalid `{kind}` message: {reason}")]
     InvalidField { kind: &'static str, reason: String },
-    #[error("the cell's code is {len} bytes encoded, over the {max}-byte limit: send less code per cell")]
+    #[error(
+        "the cell's code is {len} bytes encoded, over the {max}-byte limit: send less code per cell"
+    )]
     RequestTooLarge { len: usize, max: usize },
     #[error("could not encode a request: {0}")]
     Encode(#[source] serde_json::Error),
@@ -234,7 +236,7 @@ pub(crate) fn is_binary_image(mime: &str) -> bool {
 }
 
 fn is_base64(s: &str) -> bool {
-    s.len() % 4 == 0
+    s.len().is_multiple_of(4)
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
 }
@@ -425,7 +427,11 @@ mod tests {
             }
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
-        assert!(r.capacity() <= READ_CHUNK, "buffer grew to {}", r.capacity());
+        assert!(
+            r.capacity() <= READ_CHUNK,
+            "buffer grew to {}",
+            r.capacity()
+        );
     }
 
     #[test]

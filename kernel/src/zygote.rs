@@ -88,7 +88,10 @@ pub enum ZygoteEvent {
         failed: Vec<(String, String)>,
     },
     /// A child was forked (its pid in the zygote's pid namespace).
-    Spawned { id: u64, pid: u32 },
+    Spawned {
+        id: u64,
+        pid: u32,
+    },
     /// No child was forked: the step (`fds`, `setns_pid`, `fork`) and errno.
     SpawnFailed {
         id: Option<u64>,
@@ -108,7 +111,9 @@ pub enum ZygoteEvent {
         children: u64,
     },
     /// The zygote rejected a request.
-    Error { detail: String },
+    Error {
+        detail: String,
+    },
 }
 
 /// How to start a zygote.
@@ -302,7 +307,10 @@ impl Zygote {
         self.send(&body, &[]).await?;
         loop {
             match self.recv().await? {
-                ZygoteEvent::Pong { id: Some(got), children } if got == id => return Ok(children),
+                ZygoteEvent::Pong {
+                    id: Some(got),
+                    children,
+                } if got == id => return Ok(children),
                 other => self.pending.push_back(other),
             }
         }
@@ -374,8 +382,11 @@ fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
     )
     .map_err(std::io::Error::from)?;
     // The child's end is blocking (Python reads it with plain recv calls).
-    nix::fcntl::fcntl(&b, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
-        .map_err(std::io::Error::from)?;
+    nix::fcntl::fcntl(
+        &b,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(std::io::Error::from)?;
     Ok((a, b))
 }
 

@@ -23,8 +23,16 @@ async fn state_is_kept_across_cells() {
     let cell = run(&mut k, "inc(x)").await;
     assert_eq!(cell.result_text(), Some("42"));
     assert_eq!(cell.execution_count, Some(2));
-    let cell = run(&mut k, "import pickle\nclass P: pass\nlen(pickle.dumps(P())) > 0").await;
-    assert_eq!(cell.result_text(), Some("True"), "user classes pickle: {cell:?}");
+    let cell = run(
+        &mut k,
+        "import pickle\nclass P: pass\nlen(pickle.dumps(P())) > 0",
+    )
+    .await;
+    assert_eq!(
+        cell.result_text(),
+        Some("True"),
+        "user classes pickle: {cell:?}"
+    );
 }
 
 #[tokio::test]
@@ -87,7 +95,11 @@ async fn last_expression_is_the_result_with_ipython_semantics() {
     let cell = run(&mut k, "a = 2\na * 21").await;
     assert_eq!(cell.result_text(), Some("42"));
     let cell = run(&mut k, "a * 21;").await;
-    assert_eq!(cell.result_text(), None, "a trailing ; hides the result: {cell:?}");
+    assert_eq!(
+        cell.result_text(),
+        None,
+        "a trailing ; hides the result: {cell:?}"
+    );
     let cell = run(&mut k, "a * 21;  # comment").await;
     assert_eq!(cell.result_text(), None);
     let cell = run(&mut k, "b = a; b").await;
@@ -103,9 +115,17 @@ async fn last_expression_is_the_result_with_ipython_semantics() {
         "long containers are pretty-printed one item per line: {cell:?}"
     );
     let cell = run(&mut k, "if a:\n    a + 1").await;
-    assert_eq!(cell.result_text(), None, "only a top-level expression is a result");
+    assert_eq!(
+        cell.result_text(),
+        None,
+        "only a top-level expression is a result"
+    );
     let cell = run(&mut k, "    c = 5\n    c").await;
-    assert_eq!(cell.result_text(), Some("5"), "an indented cell is dedented");
+    assert_eq!(
+        cell.result_text(),
+        Some("5"),
+        "an indented cell is dedented"
+    );
     let cell = run(&mut k, "_").await;
     assert_eq!(cell.result_text(), Some("5"), "_ is the last result");
 }
@@ -123,11 +143,20 @@ async fn dataframe_gives_text_plain_and_text_html() {
         other => panic!("expected one result item, got {other:?}"),
     };
     let plain = &data["text/plain"];
-    assert!(plain.contains("a  b") && plain.contains("0  1  x"), "{plain}");
+    assert!(
+        plain.contains("a  b") && plain.contains("0  1  x"),
+        "{plain}"
+    );
     let html = &data["text/html"];
-    assert!(html.contains("<table") && html.contains("<td>x</td>"), "{html}");
+    assert!(
+        html.contains("<table") && html.contains("<td>x</td>"),
+        "{html}"
+    );
     let cell = run(&mut k, "display(int(df.a.sum()))\nprint('after')").await;
-    assert!(matches!(cell.items[0], OutputItem::DisplayData { .. }), "{cell:?}");
+    assert!(
+        matches!(cell.items[0], OutputItem::DisplayData { .. }),
+        "{cell:?}"
+    );
     assert_eq!(cell.items[0].text_plain(), Some("3"));
     assert_eq!(cell.stdout(), "after\n");
 }
@@ -161,8 +190,16 @@ async fn matplotlib_plot_gives_a_png_on_show_and_at_cell_end() {
         assert!(width > 100 && height > 100, "{width}x{height}");
         assert!(item.text_plain().unwrap().starts_with("<Figure size"));
     }
-    let cell = run(&mut k, "import matplotlib.pyplot as plt\nlen(plt.get_fignums())").await;
-    assert_eq!(cell.result_text(), Some("0"), "figures are closed after being shown");
+    let cell = run(
+        &mut k,
+        "import matplotlib.pyplot as plt\nlen(plt.get_fignums())",
+    )
+    .await;
+    assert_eq!(
+        cell.result_text(),
+        Some("0"),
+        "figures are closed after being shown"
+    );
 }
 
 #[tokio::test]
@@ -176,12 +213,28 @@ async fn exceptions_give_a_traceback_without_ansi_codes_or_kernel_frames() {
     assert_eq!(value, "division by zero");
     let text = tb.join("\n");
     assert!(!text.contains('\x1b'), "no ANSI codes: {text}");
-    assert!(!text.contains("dsbox_kernel"), "kernel frames hidden: {text}");
-    assert!(text.starts_with("Traceback (most recent call last):"), "{text}");
+    assert!(
+        !text.contains("dsbox_kernel"),
+        "kernel frames hidden: {text}"
+    );
+    assert!(
+        text.starts_with("Traceback (most recent call last):"),
+        "{text}"
+    );
     assert!(text.contains("<cell-2>") && text.contains("f(0)"), "{text}");
-    assert!(text.contains("<cell-1>") && text.contains("return 1 / x"), "{text}");
-    assert!(tb.last().unwrap().starts_with("ZeroDivisionError"), "{tb:?}");
-    assert_eq!(run(&mut k, "y").await.result_text(), Some("3"), "state before the error kept");
+    assert!(
+        text.contains("<cell-1>") && text.contains("return 1 / x"),
+        "{text}"
+    );
+    assert!(
+        tb.last().unwrap().starts_with("ZeroDivisionError"),
+        "{tb:?}"
+    );
+    assert_eq!(
+        run(&mut k, "y").await.result_text(),
+        Some("3"),
+        "state before the error kept"
+    );
 
     let cell = run(&mut k, "def g(:\n    pass").await;
     let (name, _, tb) = cell.error().expect("a syntax error item");
@@ -204,19 +257,34 @@ async fn shell_escapes_run_commands_with_captured_output() {
     let cell = run(&mut k, "!exit 3\n_exit_code").await;
     assert_eq!(cell.result_text(), Some("3"));
     let cell = run(&mut k, "s = '!not a command'\nprint(s)").await;
-    assert_eq!(cell.stdout(), "!not a command\n", "! inside strings is left alone");
+    assert_eq!(
+        cell.stdout(),
+        "!not a command\n",
+        "! inside strings is left alone"
+    );
 }
 
 #[tokio::test]
 async fn line_magics_are_accepted_and_unknown_ones_are_usage_errors() {
     let mut k = kernel().await;
-    let cell = run(&mut k, "%matplotlib inline\n%config InlineBackend.figure_format = 'png'\n1").await;
+    let cell = run(
+        &mut k,
+        "%matplotlib inline\n%config InlineBackend.figure_format = 'png'\n1",
+    )
+    .await;
     assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
     assert_eq!(cell.result_text(), Some("1"));
     let cell = run(&mut k, "%cd /tmp\n%pwd").await;
     assert_eq!(cell.result_text(), Some("'/tmp'"), "{cell:?}");
-    let cell = run(&mut k, "%%writefile /tmp/dsbox-kernel-test-magic.txt\nhello").await;
-    assert!(cell.stdout().contains("dsbox-kernel-test-magic.txt"), "{cell:?}");
+    let cell = run(
+        &mut k,
+        "%%writefile /tmp/dsbox-kernel-test-magic.txt\nhello",
+    )
+    .await;
+    assert!(
+        cell.stdout().contains("dsbox-kernel-test-magic.txt"),
+        "{cell:?}"
+    );
     let cell = run(&mut k, "open('/tmp/dsbox-kernel-test-magic.txt').read()").await;
     assert_eq!(cell.result_text(), Some("'hello\\n'"));
     let cell = run(&mut k, "print('never')\n%nosuchmagic").await;
@@ -224,32 +292,55 @@ async fn line_magics_are_accepted_and_unknown_ones_are_usage_errors() {
     let (name, value, _) = cell.error().unwrap();
     assert_eq!(name, "UsageError");
     assert!(value.contains("%nosuchmagic"), "{value}");
-    assert_eq!(cell.stdout(), "", "a cell with an unknown magic does not run");
+    assert_eq!(
+        cell.stdout(),
+        "",
+        "a cell with an unknown magic does not run"
+    );
 }
 
 #[tokio::test]
 async fn kernel_survives_closed_stdout_system_exit_and_deleted_builtins() {
     let mut k = kernel().await;
-    let cell = run(&mut k, "import sys\nsys.stdout.close()\nsys.stdout = open('/dev/null', 'w')\nprint('lost')").await;
+    let cell = run(
+        &mut k,
+        "import sys\nsys.stdout.close()\nsys.stdout = open('/dev/null', 'w')\nprint('lost')",
+    )
+    .await;
     assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
     let cell = run(&mut k, "print('back')").await;
     assert_eq!(cell.stdout(), "back\n", "streams restored at the next cell");
     let cell = run(&mut k, "import sys\nsys.exit(3)").await;
     assert_eq!(cell.error().map(|e| e.0), Some("SystemExit"));
-    let cell = run(&mut k, "import builtins\ndel builtins.len, builtins.isinstance, builtins.repr\nz = 1").await;
+    let cell = run(
+        &mut k,
+        "import builtins\ndel builtins.len, builtins.isinstance, builtins.repr\nz = 1",
+    )
+    .await;
     assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
     let cell = run(&mut k, "z + 1").await;
     assert_eq!(cell.result_text(), Some("2"), "{cell:?}");
     let cell = run(&mut k, "1 / 0").await;
-    assert_eq!(cell.error().map(|e| e.0), Some("ZeroDivisionError"), "{cell:?}");
-    assert!(cell.error().unwrap().2.len() > 1, "traceback still formatted: {cell:?}");
+    assert_eq!(
+        cell.error().map(|e| e.0),
+        Some("ZeroDivisionError"),
+        "{cell:?}"
+    );
+    assert!(
+        cell.error().unwrap().2.len() > 1,
+        "traceback still formatted: {cell:?}"
+    );
     assert_eq!(k.restarts(), 0);
 }
 
 #[tokio::test]
 async fn output_between_cells_is_reported_with_the_next_cell() {
     let mut k = kernel().await;
-    let cell = run(&mut k, "import subprocess\np = subprocess.Popen(['sh', '-c', 'sleep 0.3; echo late'])").await;
+    let cell = run(
+        &mut k,
+        "import subprocess\np = subprocess.Popen(['sh', '-c', 'sleep 0.3; echo late'])",
+    )
+    .await;
     assert_eq!(cell.stdout(), "");
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     let cell = run(&mut k, "p.wait()").await;

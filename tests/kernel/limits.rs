@@ -21,7 +21,10 @@ async fn a_timeout_interrupts_the_cell_and_keeps_state() {
     run(&mut k, "x = 'kept'").await;
     let started = Instant::now();
     let cell = k
-        .execute("import time\nprint('before')\ntime.sleep(60)", Duration::from_secs(1))
+        .execute(
+            "import time\nprint('before')\ntime.sleep(60)",
+            Duration::from_secs(1),
+        )
         .await
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -29,8 +32,14 @@ async fn a_timeout_interrupts_the_cell_and_keeps_state() {
     assert_eq!(cell.stdout(), "before\n");
     let (name, value, tb) = cell.error().expect("a TimeoutError item");
     assert_eq!(name, "TimeoutError");
-    assert!(value.contains("timed out after 1 s") && value.contains("state is kept"), "{value}");
-    assert!(tb.iter().any(|l| l.contains("time.sleep(60)")), "where it was interrupted: {tb:?}");
+    assert!(
+        value.contains("timed out after 1 s") && value.contains("state is kept"),
+        "{value}"
+    );
+    assert!(
+        tb.iter().any(|l| l.contains("time.sleep(60)")),
+        "where it was interrupted: {tb:?}"
+    );
     assert!(!cell.needs_restart());
     assert_eq!(run(&mut k, "x").await.result_text(), Some("'kept'"));
     assert_eq!(k.restarts(), 0);
@@ -48,27 +57,45 @@ async fn a_cell_that_ignores_sigint_is_killed_and_reported() {
         )
         .await
         .unwrap();
-    assert_eq!(cell.status, CellStatus::KernelLost(LostReason::Unresponsive), "{cell:?}");
+    assert_eq!(
+        cell.status,
+        CellStatus::KernelLost(LostReason::Unresponsive),
+        "{cell:?}"
+    );
     let (name, value, _) = cell.error().unwrap();
     assert_eq!(name, "TimeoutError");
-    assert!(value.contains("restarted") && value.contains("variables are lost"), "{value}");
+    assert!(
+        value.contains("restarted") && value.contains("variables are lost"),
+        "{value}"
+    );
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the stuck kernel process is gone"
     );
     assert_eq!(k.restarts(), 1);
     let cell = run(&mut k, "x").await;
-    assert_eq!(cell.error().map(|e| e.0), Some("NameError"), "a fresh kernel: {cell:?}");
+    assert_eq!(
+        cell.error().map(|e| e.0),
+        Some("NameError"),
+        "a fresh kernel: {cell:?}"
+    );
 }
 
 #[tokio::test]
 async fn os_exit_in_a_cell_gives_a_clear_error_and_a_fresh_kernel() {
     let mut k = kernel().await;
     let cell = run(&mut k, "print('bye')\nimport os\nos._exit(1)").await;
-    assert_eq!(cell.status, CellStatus::KernelLost(LostReason::Exited), "{cell:?}");
+    assert_eq!(
+        cell.status,
+        CellStatus::KernelLost(LostReason::Exited),
+        "{cell:?}"
+    );
     let (name, value, _) = cell.error().unwrap();
     assert_eq!(name, "DeadKernelError");
-    assert!(value.contains("exited with code 1") && value.contains("restarted"), "{value}");
+    assert!(
+        value.contains("exited with code 1") && value.contains("restarted"),
+        "{value}"
+    );
     assert_eq!(run(&mut k, "1 + 1").await.result_text(), Some("2"));
 }
 
@@ -76,7 +103,11 @@ async fn os_exit_in_a_cell_gives_a_clear_error_and_a_fresh_kernel() {
 async fn a_segfault_in_a_cell_gives_a_clear_error_and_a_fresh_kernel() {
     let mut k = kernel().await;
     let cell = run(&mut k, "import ctypes\nctypes.string_at(0)").await;
-    assert_eq!(cell.status, CellStatus::KernelLost(LostReason::Exited), "{cell:?}");
+    assert_eq!(
+        cell.status,
+        CellStatus::KernelLost(LostReason::Exited),
+        "{cell:?}"
+    );
     let (_, value, _) = cell.error().unwrap();
     assert!(value.contains("signal 11 (SIGSEGV)"), "{value}");
     assert_eq!(run(&mut k, "2 + 2").await.result_text(), Some("4"));
@@ -110,7 +141,11 @@ print("the end")
     let cut = cell.truncation.stdout_bytes_cut;
     let total: u64 = (2048 + 512) << 20;
     assert!(cut > total - (64 << 10) && cut <= total + 8, "cut {cut}");
-    assert!(out.contains(&format!("[... {cut} bytes of stdout cut by dsbox")), "{}", &out[30_000..34_000.min(out.len())]);
+    assert!(
+        out.contains(&format!("[... {cut} bytes of stdout cut by dsbox")),
+        "{}",
+        &out[30_000..34_000.min(out.len())]
+    );
     assert!(cell.truncation.stderr_bytes_cut > (63 << 20));
     let growth = peak.saturating_sub(before);
     assert!(

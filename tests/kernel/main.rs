@@ -32,7 +32,11 @@ pub fn test_python() -> PathBuf {
                 return python;
             }
             let _ = std::fs::remove_dir_all(&dir);
-            run_setup(Command::new("uv").args(["venv", "-q", "-p", "/usr/bin/python3"]).arg(&dir));
+            run_setup(
+                Command::new("uv")
+                    .args(["venv", "-q", "-p", "/usr/bin/python3"])
+                    .arg(&dir),
+            );
             run_setup(
                 Command::new("uv")
                     .args(["pip", "install", "-q", "--compile-bytecode", "--python"])
@@ -49,7 +53,10 @@ fn run_setup(cmd: &mut Command) {
     let status = cmd.status().unwrap_or_else(|e| {
         panic!("cannot run {cmd:?} ({e}): install uv (`pip install uv`) to create the test Python")
     });
-    assert!(status.success(), "{cmd:?} failed ({status}): the kernel tests need a Python venv");
+    assert!(
+        status.success(),
+        "{cmd:?} failed ({status}): the kernel tests need a Python venv"
+    );
 }
 
 /// target/ (or $CARGO_TARGET_DIR): the test binary is target/<profile>/deps/<name>.

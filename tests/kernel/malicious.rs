@@ -40,7 +40,9 @@ async fn fake_kernel() -> (KernelClient, UnixStream, Arc<CountingControl>) {
         interrupt_grace: Duration::from_millis(300),
         ..ClientConfig::default()
     };
-    let client = KernelClient::connect(ours, control.clone(), config).await.unwrap();
+    let client = KernelClient::connect(ours, control.clone(), config)
+        .await
+        .unwrap();
     assert_eq!(client.info().pid, 4242);
     (client, theirs, control)
 }
@@ -62,7 +64,10 @@ async fn answer_with(bytes: Vec<u8>) -> dsbox_kernel::CellResult {
         let _ = peer.write_all(&bytes).await;
         // The peer closes after its answer (a partial frame then means the kernel died).
     });
-    let cell = client.execute("1+1", Duration::from_secs(10)).await.unwrap();
+    let cell = client
+        .execute("1+1", Duration::from_secs(10))
+        .await
+        .unwrap();
     task.await.unwrap();
     // A lost kernel refuses further cells.
     assert!(matches!(
@@ -85,7 +90,11 @@ async fn a_4_gib_length_prefix_is_rejected_without_allocating_it() {
         other => panic!("expected a protocol loss, got {other:?}"),
     }
     assert_eq!(cell.error().map(|e| e.0), Some("KernelProtocolError"));
-    assert!(peak - before < 32 << 20, "peak RSS grew by {} MiB", (peak - before) >> 20);
+    assert!(
+        peak - before < 32 << 20,
+        "peak RSS grew by {} MiB",
+        (peak - before) >> 20
+    );
 }
 
 #[tokio::test]
@@ -93,11 +102,26 @@ async fn invalid_json_unknown_types_and_invalid_fields_are_rejected() {
     for (body, what) in [
         (&b"{not json"[..], "invalid JSON"),
         (br#"{"type":"format_disk","id":1}"#, "unknown type"),
-        (br#"{"type":"stream","id":1,"name":"stdout","text":"x","extra":true}"#, "unknown field"),
-        (br#"{"type":"stream","id":1,"name":"stdin","text":"x"}"#, "bad stream"),
-        (br#"{"type":"display_data","id":1,"data":{"image/png":"<script>"}}"#, "bad base64"),
-        (br#"{"type":"result","id":1,"data":{"text plain":"2"}}"#, "bad MIME type"),
-        (br#"{"type":"hello","protocol":1,"pid":1,"python":"x"}"#, "hello mid-cell"),
+        (
+            br#"{"type":"stream","id":1,"name":"stdout","text":"x","extra":true}"#,
+            "unknown field",
+        ),
+        (
+            br#"{"type":"stream","id":1,"name":"stdin","text":"x"}"#,
+            "bad stream",
+        ),
+        (
+            br#"{"type":"display_data","id":1,"data":{"image/png":"<script>"}}"#,
+            "bad base64",
+        ),
+        (
+            br#"{"type":"result","id":1,"data":{"text plain":"2"}}"#,
+            "bad MIME type",
+        ),
+        (
+            br#"{"type":"hello","protocol":1,"pid":1,"python":"x"}"#,
+            "hello mid-cell",
+        ),
         (b"\xff\xfe\x00", "not UTF-8"),
     ] {
         let cell = answer_with(frame(body)).await;
@@ -115,7 +139,11 @@ async fn a_kernel_closing_mid_frame_is_reported_as_dead() {
     bytes.extend_from_slice(b"{\"type\":");
     let cell = answer_with(bytes).await;
     assert_eq!(cell.status, CellStatus::KernelLost(LostReason::Exited));
-    assert_eq!(cell.stdout(), "partial output\n", "what arrived before is kept");
+    assert_eq!(
+        cell.stdout(),
+        "partial output\n",
+        "what arrived before is kept"
+    );
     assert_eq!(cell.error().map(|e| e.0), Some("DeadKernelError"));
 }
 
@@ -125,15 +153,23 @@ async fn a_silent_kernel_is_interrupted_then_given_up() {
     let task = tokio::spawn(async move {
         read_request(&mut peer).await;
         // Items of another cell are ignored; then silence.
-        peer.write_all(&frame(br#"{"type":"stream","id":99,"name":"stdout","text":"stale"}"#))
-            .await
-            .unwrap();
+        peer.write_all(&frame(
+            br#"{"type":"stream","id":99,"name":"stdout","text":"stale"}"#,
+        ))
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         peer
     });
-    let cell = client.execute("while True: pass", Duration::from_millis(300)).await.unwrap();
+    let cell = client
+        .execute("while True: pass", Duration::from_millis(300))
+        .await
+        .unwrap();
     assert_eq!(control.0.load(Ordering::SeqCst), 1, "interrupted once");
-    assert_eq!(cell.status, CellStatus::KernelLost(LostReason::Unresponsive));
+    assert_eq!(
+        cell.status,
+        CellStatus::KernelLost(LostReason::Unresponsive)
+    );
     assert_eq!(cell.stdout(), "", "stale items dropped");
     assert_eq!(cell.error().map(|e| e.0), Some("TimeoutError"));
     task.abort();
@@ -156,7 +192,10 @@ async fn a_kernel_that_comes_back_after_the_interrupt_keeps_its_state() {
         peer.write_all(&frame(done.as_bytes())).await.unwrap();
         peer
     });
-    let cell = client.execute("slow()", Duration::from_millis(200)).await.unwrap();
+    let cell = client
+        .execute("slow()", Duration::from_millis(200))
+        .await
+        .unwrap();
     assert_eq!(control.0.load(Ordering::SeqCst), 1);
     assert_eq!(cell.status, CellStatus::TimedOut);
     let (name, _, tb) = cell.error().unwrap();
@@ -169,21 +208,38 @@ async fn a_kernel_that_comes_back_after_the_interrupt_keeps_its_state() {
 #[tokio::test]
 async fn a_bad_hello_is_refused() {
     for (hello, expect) in [
-        (&br#"{"type":"hello","protocol":99,"pid":1,"python":"3"}"#[..], "protocol 99"),
-        (br#"{"type":"done","id":1,"status":"ok","execution_count":1,"timing":{"run_us":1}}"#, "before hello"),
-        (br#"{"type":"join_error","step":"setns","errno":1,"detail":""}"#, "step `setns`"),
+        (
+            &br#"{"type":"hello","protocol":99,"pid":1,"python":"3"}"#[..],
+            "protocol 99",
+        ),
+        (
+            br#"{"type":"done","id":1,"status":"ok","execution_count":1,"timing":{"run_us":1}}"#,
+            "before hello",
+        ),
+        (
+            br#"{"type":"join_error","step":"setns","errno":1,"detail":""}"#,
+            "step `setns`",
+        ),
     ] {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         theirs.write_all(&frame(hello)).await.unwrap();
-        let err = KernelClient::connect(ours, Arc::new(CountingControl::default()), ClientConfig::default())
-            .await
-            .unwrap_err();
+        let err = KernelClient::connect(
+            ours,
+            Arc::new(CountingControl::default()),
+            ClientConfig::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains(expect), "{err}");
     }
     let (ours, theirs) = UnixStream::pair().unwrap();
     drop(theirs);
-    let err = KernelClient::connect(ours, Arc::new(CountingControl::default()), ClientConfig::default())
-        .await
-        .unwrap_err();
+    let err = KernelClient::connect(
+        ours,
+        Arc::new(CountingControl::default()),
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, KernelError::ClosedBeforeHello), "{err}");
 }

@@ -107,12 +107,22 @@ async fn the_zygote_forks_kernels_that_hold_its_modules_and_reports_their_exits(
     let mut b = connect(b).await.unwrap();
     let probe = "import os, sys, random\n('numpy' in sys.modules, os.getppid())";
     let expected = format!("(True, {zygote_pid})");
-    assert_eq!(cell(&mut a, probe).await.result_text(), Some(expected.as_str()));
-    assert_eq!(cell(&mut b, probe).await.result_text(), Some(expected.as_str()));
+    assert_eq!(
+        cell(&mut a, probe).await.result_text(),
+        Some(expected.as_str())
+    );
+    assert_eq!(
+        cell(&mut b, probe).await.result_text(),
+        Some(expected.as_str())
+    );
     let draw = "import numpy\n(random.random(), float(numpy.random.rand()))";
     let ra = cell(&mut a, draw).await;
     let rb = cell(&mut b, draw).await;
-    assert_ne!(ra.result_text(), rb.result_text(), "children draw different random numbers");
+    assert_ne!(
+        ra.result_text(),
+        rb.result_text(),
+        "children draw different random numbers"
+    );
     assert_eq!(z.ping().await.unwrap(), 2);
 
     a.shutdown().await.unwrap();
@@ -136,7 +146,11 @@ async fn a_failed_join_step_is_reported_by_name_and_errno() {
     let spawned = z.spawn(&bad, SpawnFds::default()).await.unwrap();
     let pid = spawned.pid;
     match connect(spawned).await {
-        Err(KernelError::JoinFailed { step, errno, detail }) => {
+        Err(KernelError::JoinFailed {
+            step,
+            errno,
+            detail,
+        }) => {
             assert_eq!(step, "chdir");
             assert_eq!(errno, libc::ENOENT);
             assert_eq!(detail, "/nonexistent/dsbox");
@@ -169,12 +183,14 @@ async fn a_joined_child_drops_privileges_and_applies_seccomp() {
     let mut p = plan(1000);
     p.drop_capabilities = true;
     p.no_new_privs = true;
-    p.rlimits = vec![(libc::RLIMIT_NOFILE as u32, 256, 512)];
+    p.rlimits = vec![(7 /* RLIMIT_NOFILE */, 256, 512)];
     p.seccomp_bpf = Some(compile_seccomp(
         r#"{"test": {"default_action": "allow", "filter_action": {"errno": 1},
             "filter": [{"syscall": "getppid"}]}}"#,
     ));
-    let mut k = connect(z.spawn(&p, SpawnFds::default()).await.unwrap()).await.unwrap();
+    let mut k = connect(z.spawn(&p, SpawnFds::default()).await.unwrap())
+        .await
+        .unwrap();
     let status = cell(
         &mut k,
         "import os, resource\nst = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n\
@@ -202,7 +218,9 @@ async fn a_joined_child_serves_cells_under_the_runtime_default_seccomp_policy() 
     p.drop_capabilities = true;
     p.no_new_privs = true;
     p.seccomp_bpf = Some(dsbox_runtime::seccomp::default_program().to_base64());
-    let mut k = connect(z.spawn(&p, SpawnFds::default()).await.unwrap()).await.unwrap();
+    let mut k = connect(z.spawn(&p, SpawnFds::default()).await.unwrap())
+        .await
+        .unwrap();
     let c = cell(
         &mut k,
         "import numpy as np, subprocess, threading\nprint(np.arange(4).sum())\n!echo shell\nt = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n1 + 1",
@@ -210,7 +228,11 @@ async fn a_joined_child_serves_cells_under_the_runtime_default_seccomp_policy() 
     .await;
     assert_eq!(c.stdout(), "6\nshell\nthread\n", "{c:?}");
     assert_eq!(c.result_text(), Some("2"));
-    let c = cell(&mut k, "import ctypes\nctypes.CDLL(None).ptrace(0, 0, 0, 0)").await;
+    let c = cell(
+        &mut k,
+        "import ctypes\nctypes.CDLL(None).ptrace(0, 0, 0, 0)",
+    )
+    .await;
     assert_eq!(c.result_text(), Some("-1"), "ptrace is blocked: {c:?}");
     z.shutdown().await.unwrap();
 }
@@ -224,7 +246,8 @@ async fn a_joined_child_is_confined_by_landlock() {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();
-    let outside = std::env::temp_dir().join(format!("dsbox-landlock-outside-{}", std::process::id()));
+    let outside =
+        std::env::temp_dir().join(format!("dsbox-landlock-outside-{}", std::process::id()));
     let mut z = zygote(&[]).await;
     let mut p = plan(0);
     p.landlock = Some(LandlockPlan {
@@ -243,7 +266,9 @@ async fn a_joined_child_is_confined_by_landlock() {
             },
         ],
     });
-    let mut k = connect(z.spawn(&p, SpawnFds::default()).await.unwrap()).await.unwrap();
+    let mut k = connect(z.spawn(&p, SpawnFds::default()).await.unwrap())
+        .await
+        .unwrap();
     let code = format!(
         "open({inside:?}, 'w').write('ok')\ntry:\n    open({outside:?}, 'w')\nexcept PermissionError as e:\n    print('denied', e.errno)\nopen({inside:?}).read()",
         inside = scratch.path().join("inside").display().to_string(),
@@ -265,7 +290,16 @@ struct FakeShell {
 impl FakeShell {
     fn start() -> FakeShell {
         let unshare = std::process::Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--net", "--uts", "--ipc", "sh", "-c"])
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--net",
+                "--uts",
+                "--ipc",
+                "sh",
+                "-c",
+            ])
             .arg("hostname dsbox-fake-shell && exec sleep 120")
             .spawn()
             .expect("run unshare(1)");
@@ -273,9 +307,18 @@ impl FakeShell {
         let children = format!("/proc/{}/task/{}/children", unshare.id(), unshare.id());
         let init = (0..500)
             .find_map(|_| {
-                let pid = std::fs::read_to_string(&children).ok().and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()));
+                let pid = std::fs::read_to_string(&children).ok().and_then(|s| {
+                    s.split_whitespace()
+                        .next()
+                        .and_then(|p| p.parse::<i32>().ok())
+                });
                 match pid {
-                    Some(pid) if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") => Some(pid),
+                    Some(pid)
+                        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .is_ok_and(|c| c.trim() == "sleep") =>
+                    {
+                        Some(pid)
+                    }
                     _ => {
                         std::thread::sleep(Duration::from_millis(10));
                         None
@@ -305,7 +348,8 @@ async fn a_joined_child_enters_the_shell_namespaces() {
     let shell = FakeShell::start();
     let mut z = zygote(&[]).await;
     let mut p = plan(0);
-    p.namespaces = (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    p.namespaces =
+        (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
     let fds = SpawnFds {
         pidfd: Some(shell.pidfd.as_fd()),
         cgroup_procs: vec![],
@@ -322,7 +366,9 @@ async fn a_joined_child_enters_the_shell_namespaces() {
         "a small pid in the shell's pid namespace, its hostname, only loopback, and 2 processes (init and the kernel): {c:?}"
     );
     // The zygote is back in its own pid namespace: the next child is an ordinary one.
-    let mut k2 = connect(z.spawn(&plan(0), SpawnFds::default()).await.unwrap()).await.unwrap();
+    let mut k2 = connect(z.spawn(&plan(0), SpawnFds::default()).await.unwrap())
+        .await
+        .unwrap();
     let c = cell(&mut k2, "import os\nos.getpid() > 2").await;
     assert_eq!(c.result_text(), Some("True"));
     drop(shell);
