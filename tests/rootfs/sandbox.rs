@@ -1,38 +1,50 @@
 //! Inside a real sandbox: `dsbox run --rootfs NAME -- /opt/dsbox/env/bin/python -c ...`.
 //!
-//! Each test skips (with a one-line note) while `dsbox run` still answers that it is not
-//! built yet, has no `--rootfs`, or cannot take a store name yet; the lead removes the skip when `--rootfs NAME`
-//! is wired into `dsbox run`.
+//! While `dsbox run` cannot take a store name yet, the same rootfs is passed the way its
+//! `RootfsLayout::Host` says to mount it (`--rootfs host --ro ENV:/opt/dsbox/env`), so these
+//! tests run in a real sandbox either way. A test skips (with a one-line note) only when
+//! neither form is accepted (`dsbox run` not built yet, or without those options); the
+//! lead removes the fallback when `--rootfs NAME` is wired into `dsbox run`.
 
 use crate::common::*;
 
+fn dsbox_run(args: &[&str], store: &std::path::Path) -> Out {
+    output(
+        std::process::Command::new(dsbox_tests::dsbox_bin())
+            .arg("run")
+            .args(args)
+            .env("DSBOX_STORE", store),
+    )
+}
+
+fn not_supported(out: &Out) -> bool {
+    out.stderr.contains("not built yet")
+        || out.stderr.contains("not supported by `dsbox run` yet")
+        || out.stderr.contains("unexpected argument")
+}
+
 /// Runs python in a sandbox on the shared `analysis` rootfs, or None while `dsbox run` cannot.
 fn sandboxed_python(code: &str) -> Option<Out> {
-    let (store, _) = shared("analysis");
-    let out = output(
-        std::process::Command::new(dsbox_tests::dsbox_bin())
-            .args([
-                "run",
-                "--rootfs",
-                "analysis",
-                "--",
-                "/opt/dsbox/env/bin/python",
-                "-c",
-                code,
-            ])
-            .env("DSBOX_STORE", &store),
-    );
-    let not_yet = out.stderr.contains("not built yet")
-        || out.stderr.contains("not supported by `dsbox run` yet")
-        || out.stderr.contains("unexpected argument '--rootfs'");
-    if not_yet {
+    let (store, env) = shared("analysis");
+    let python = ["/opt/dsbox/env/bin/python", "-c", code];
+    let mut by_name = vec!["--rootfs", "analysis", "--"];
+    by_name.extend(python);
+    let out = dsbox_run(&by_name, &store);
+    if !not_supported(&out) {
+        return Some(out);
+    }
+    let bind = format!("{}:/opt/dsbox/env", env.display());
+    let mut by_layout = vec!["--rootfs", "host", "--ro", &bind, "--"];
+    by_layout.extend(python);
+    let fallback = dsbox_run(&by_layout, &store);
+    if not_supported(&fallback) {
         eprintln!(
-            "skipped: `dsbox run --rootfs NAME` is not wired yet ({})",
-            out.stderr.trim()
+            "skipped: `dsbox run` cannot run a rootfs yet ({})",
+            fallback.stderr.trim()
         );
         return None;
     }
-    Some(out)
+    Some(fallback)
 }
 
 #[test]
