@@ -69,6 +69,7 @@ pub trait Syscall {
     /// Write "0" to an open `cgroup.procs` file: moves the caller into that cgroup.
     fn join_cgroup(&self, procs_fd: RawFd) -> SysResult;
     fn close(&self, fd: RawFd) -> SysResult;
+    fn setns(&self, fd: RawFd, nstype: libc::c_int) -> SysResult;
 }
 
 fn check(rc: libc::c_long) -> SysResult {
@@ -404,6 +405,11 @@ impl Syscall for LinuxSyscall {
         // SAFETY: closing an fd number is always memory-safe.
         check(unsafe { libc::close(fd) } as libc::c_long)
     }
+
+    fn setns(&self, fd: RawFd, nstype: libc::c_int) -> SysResult {
+        // SAFETY: setns takes an fd and flags.
+        check(unsafe { libc::setns(fd, nstype) } as libc::c_long)
+    }
 }
 
 /// One recorded call, in a form that is easy to assert on.
@@ -443,6 +449,7 @@ pub enum Call {
     Dup2(RawFd, RawFd),
     JoinCgroup(RawFd),
     Close(RawFd),
+    Setns(RawFd, libc::c_int),
 }
 
 impl Call {
@@ -477,6 +484,7 @@ impl Call {
             Call::Dup2(..) => "dup2",
             Call::JoinCgroup(_) => "join_cgroup",
             Call::Close(_) => "close",
+            Call::Setns(..) => "setns",
         }
     }
 }
@@ -627,6 +635,9 @@ impl Syscall for RecordingSyscall {
     }
     fn close(&self, fd: RawFd) -> SysResult {
         self.record(Call::Close(fd))
+    }
+    fn setns(&self, fd: RawFd, nstype: libc::c_int) -> SysResult {
+        self.record(Call::Setns(fd, nstype))
     }
 }
 
