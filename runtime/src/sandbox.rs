@@ -337,7 +337,11 @@ impl Sandbox {
                 None
             }
         };
-        let landlock_plan = LandlockPlan::for_spec(spec, landlock::kernel_abi());
+        let abi = landlock::kernel_abi();
+        if abi == 0 && spec.landlock.enabled {
+            tracing::debug!("landlock is unavailable in this kernel; running without it");
+        }
+        let landlock_plan = LandlockPlan::for_spec(spec, abi);
         let mounts = MountPlan::build(spec, &host.staging, userns)?;
         let id = new_id();
         Self::spawn_in(

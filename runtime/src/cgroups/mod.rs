@@ -287,7 +287,41 @@ pub struct CgroupStats {
     pub pids_max_events: u64,
 }
 
-/// A sandbox's cgroup(s).
+/// What every backend does for one sandbox.
+pub trait CgroupBackend {
+    /// Every leaf directory.
+    fn leaf_paths(&self) -> Vec<PathBuf>;
+    /// Memory, OOM and pids counters.
+    fn read_stats(&self) -> CgroupStats;
+    /// Kill every member process.
+    fn kill_members(&self) -> Result<()>;
+}
+
+impl CgroupBackend for v1::V1Cgroup {
+    fn leaf_paths(&self) -> Vec<PathBuf> {
+        self.paths()
+    }
+    fn read_stats(&self) -> CgroupStats {
+        self.stats()
+    }
+    fn kill_members(&self) -> Result<()> {
+        self.kill_all()
+    }
+}
+
+impl CgroupBackend for v2::V2Cgroup {
+    fn leaf_paths(&self) -> Vec<PathBuf> {
+        vec![self.path().to_owned()]
+    }
+    fn read_stats(&self) -> CgroupStats {
+        self.stats()
+    }
+    fn kill_members(&self) -> Result<()> {
+        self.kill_all()
+    }
+}
+
+/// A sandbox's cgroup(s): enum dispatch over the backends.
 #[derive(Debug)]
 pub enum SandboxCgroup {
     V1(v1::V1Cgroup),
@@ -295,12 +329,16 @@ pub enum SandboxCgroup {
 }
 
 impl SandboxCgroup {
+    fn backend(&self) -> &dyn CgroupBackend {
+        match self {
+            SandboxCgroup::V1(c) => c,
+            SandboxCgroup::V2(c) => c,
+        }
+    }
+
     /// Every leaf directory (for the state record and gc).
     pub fn paths(&self) -> Vec<PathBuf> {
-        match self {
-            SandboxCgroup::V1(c) => c.paths(),
-            SandboxCgroup::V2(c) => vec![c.path().to_owned()],
-        }
+        self.backend().leaf_paths()
     }
 
     /// Open `cgroup.procs` of each leaf for writing: the child joins by writing "0".
@@ -320,18 +358,12 @@ impl SandboxCgroup {
 
     /// Memory, OOM and pids counters.
     pub fn stats(&self) -> CgroupStats {
-        match self {
-            SandboxCgroup::V1(c) => c.stats(),
-            SandboxCgroup::V2(c) => c.stats(),
-        }
+        self.backend().read_stats()
     }
 
     /// Kill every process in the cgroup.
     pub fn kill_all(&self) -> Result<()> {
-        match self {
-            SandboxCgroup::V1(c) => c.kill_all(),
-            SandboxCgroup::V2(c) => c.kill_all(),
-        }
+        self.backend().kill_members()
     }
 
     /// Remove the leaf cgroup(s); retries briefly while exiting tasks leave.
