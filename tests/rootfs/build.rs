@@ -287,6 +287,24 @@ fn debootstrap_base_builds_a_hermetic_tree() {
         out.stdout
     );
     rootfs(store, &["verify", "minimal-debootstrap"]).ok();
+
+    // The tree is a complete root for a real sandbox (`RootfsLayout::Dir`).
+    let out = output(
+        std::process::Command::new(dsbox_tests::dsbox_bin())
+            .args(["run", "--rootfs"])
+            .arg(root)
+            .args([
+                "--",
+                "/opt/dsbox/env/bin/python",
+                "-c",
+                "import sys, tabulate; print(sys.prefix)",
+            ]),
+    );
+    if out.stderr.contains("not built yet") || out.stderr.contains("unexpected argument") {
+        eprintln!("skipped the sandbox run: {}", out.stderr.trim());
+    } else {
+        assert_eq!(out.ok().stdout.trim(), "/opt/dsbox/env");
+    }
 }
 
 #[test]
