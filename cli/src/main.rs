@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command in a sandbox.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// Report which protections this kernel offers, with a fix hint for each gap.
     Doctor(cmd::doctor::DoctorArgs),
     /// Remove cgroups, mounts and scratch left behind by sandboxes whose runtime died.
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run(args) => cmd::run::run(args),
+        Command::Run(args) => cmd::run::run(*args),
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Gc(args) => cmd::gc::run(args),
         Command::Rootfs(args) => cmd::rootfs::run(args),
