@@ -512,7 +512,14 @@ impl Sandbox {
                     cgroup = Some(cg);
                     cgroup_procs = fds?;
                 }
-                Ok(None) => {}
+                Ok(None) if no_limits => {}
+                Ok(None) => {
+                    let reason = match &host().cgroups {
+                        CgroupSystem::Unavailable { reason } => reason.clone(),
+                        _ => String::new(),
+                    };
+                    return Err(start::StartError::NoCgroups { reason });
+                }
                 Err(e) if !spec.require.contains(&Protection::Cgroup) && no_limits => {
                     tracing::warn!("running without a cgroup: {e}");
                 }
@@ -936,20 +943,46 @@ extern "C" fn forward_signal(sig: libc::c_int) {
     }
 }
 
-/// For a CLI that runs one sandbox in the foreground: SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2
-/// sent to this process go to the sandbox's init (which passes them to the payload), and
-/// SIGINT/SIGQUIT are ignored here because the terminal already delivers them to the
-/// payload (same process group). Without this, a ^C would kill the runtime before it
-/// could clean up. Process-wide: only for single-sandbox programs.
+const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
+
+fn forwarded_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in FORWARDED {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// For a CLI that runs one sandbox in the foreground, before `spawn`: hold SIGTERM,
+/// SIGHUP, SIGUSR1 and SIGUSR2 (blocked, so one that arrives during the start is kept
+/// for [`forward_signals_to`], not lost or fatal). The children reset their signal mask.
+pub fn hold_forwarded_signals() {
+    let set = forwarded_set();
+    // SAFETY: set is a valid sigset_t; only the calling thread's mask changes.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// After `spawn`: SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to this process go to the
+/// sandbox's init (which passes them to the payload); SIGINT/SIGQUIT are ignored here
+/// because the terminal already delivers them to the payload (same process group).
+/// Without this, a ^C or a SIGTERM would kill the runtime before it could clean up.
+/// Process-wide: only for single-sandbox programs.
 pub fn forward_signals_to(sandbox: &Sandbox) {
     FORWARD_TO.store(sandbox.pid(), Ordering::Relaxed);
-    // SAFETY: installing a handler that only calls kill(2), and SIG_IGN for two signals.
+    let set = forwarded_set();
+    // SAFETY: installing a handler that only calls kill(2), SIG_IGN for two signals, and
+    // unblocking the held signals (pending ones are delivered to the handler now).
     unsafe {
-        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+        for sig in FORWARDED {
             libc::signal(sig, forward_signal as *const () as libc::sighandler_t);
         }
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
 

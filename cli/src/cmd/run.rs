@@ -123,15 +123,31 @@ fn build_spec(args: &RunArgs) -> anyhow::Result<SandboxSpec> {
             p.cwd = cwd.clone();
         }
     }
-    match (&args.mem, args.oci_bundle.is_some()) {
+    // The defaults need cgroups; without them dsbox runs unlimited and says so (limits
+    // asked for explicitly are refused by the runtime instead).
+    let defaults = args.oci_bundle.is_none()
+        && {
+            let cgroups = dsbox_runtime::sandbox::cgroup_system();
+            let ok = !matches!(
+                cgroups,
+                dsbox_runtime::cgroups::CgroupSystem::Unavailable { .. }
+            );
+            if !ok {
+                eprintln!(
+                    "dsbox: warning: no cgroups here, so no default memory and pids limits (see `dsbox doctor`)"
+                );
+            }
+            ok
+        };
+    match (&args.mem, defaults) {
         (Some(m), _) => spec.limits.memory = Some(parse_size(m)?),
-        (None, false) => spec.limits.memory = Some(parse_size(DEFAULT_MEM)?),
-        (None, true) => {}
+        (None, true) => spec.limits.memory = Some(parse_size(DEFAULT_MEM)?),
+        (None, false) => {}
     }
-    match (args.pids, args.oci_bundle.is_some()) {
+    match (args.pids, defaults) {
         (Some(p), _) => spec.limits.pids = Some(p),
-        (None, false) => spec.limits.pids = Some(DEFAULT_PIDS),
-        (None, true) => {}
+        (None, true) => spec.limits.pids = Some(DEFAULT_PIDS),
+        (None, false) => {}
     }
     if let Some(c) = &args.cpus {
         spec.limits.cpus = Some(parse_cpus(c)?);
@@ -174,6 +190,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|p| p.args[0].clone())
         .unwrap_or_default();
+    dsbox_runtime::sandbox::hold_forwarded_signals();
     let mut sandbox = Sandbox::spawn(
         &spec,
         SpawnOptions {

@@ -176,9 +176,10 @@ impl CgroupSystem {
             }
         }
         let mounts = parse_mountinfo(mountinfo);
-        if let Some(own) = own_v2
-            && let Some((mount, root, _, _)) = mounts.iter().find(|m| m.2 == "cgroup2")
-        {
+        // A host can have several cgroup2 mounts (bind mounts, containers): take the
+        // first one where our own cgroup offers memory and pids.
+        for (mount, root, _, _) in mounts.iter().filter(|m| m.2 == "cgroup2") {
+            let Some(own) = &own_v2 else { break };
             let hierarchy = Hierarchy {
                 controllers: Vec::new(),
                 mount: mount.clone(),
@@ -187,7 +188,7 @@ impl CgroupSystem {
             };
             // Controllers available to our parent: what a child of it could enable.
             let controllers: Vec<String> =
-                std::fs::read_to_string(hierarchy.dir_of(&own).join("cgroup.controllers"))
+                std::fs::read_to_string(hierarchy.dir_of(own).join("cgroup.controllers"))
                     .unwrap_or_default()
                     .split_whitespace()
                     .map(str::to_owned)
@@ -468,8 +469,9 @@ mod tests {
             "cpu memory pids\n",
         )
         .unwrap();
+        // A first cgroup2 mount without controllers (as inside some VMs) is skipped.
         let mi = format!(
-            "31 25 0:28 / {} rw - cgroup2 cgroup2 rw\n",
+            "30 25 0:27 / /nonexistent/cg rw - cgroup2 cgroup2 rw\n31 25 0:28 / {} rw - cgroup2 cgroup2 rw\n",
             fs.path().display()
         );
         let sys = CgroupSystem::from_text(&mi, "0::/user.slice\n");

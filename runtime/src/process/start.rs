@@ -20,6 +20,10 @@ pub enum StartError {
     IdMap(#[from] NamespaceError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error(
+        "memory, pids and cpu limits need cgroups, which are unavailable here ({reason}); mount cgroup v2 with the memory and pids controllers (see `dsbox doctor`) or drop the limits"
+    )]
+    NoCgroups { reason: String },
     #[error("sandbox setup failed while {step}{}: {errno}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(), errno = nix::errno::Errno::from_raw(*errno))]
     Setup {
         step: super::message::Step,
