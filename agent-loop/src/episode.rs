@@ -198,9 +198,12 @@ pub struct Trajectory {
     /// The submission file kept from /submission (relative to the run directory).
     #[serde(default)]
     pub submission: Option<String>,
-    /// Set once scored.
+    /// The task metric's verdict by metric name (DSGym's `metrics`), set once scored.
     #[serde(default)]
-    pub metric: Option<(String, MetricOutcome)>,
+    pub metrics: std::collections::BTreeMap<String, MetricOutcome>,
+    /// The primary metric's score (None: not scored or not evaluable).
+    #[serde(default)]
+    pub score: Option<f64>,
 }
 
 /// Where an episode's figures and submission files go.
@@ -399,7 +402,8 @@ pub async fn run_episode(
             cells: st.cells,
             images: st.images,
             submission,
-            metric: None,
+            metrics: Default::default(),
+            score: None,
         },
         fatal: st.fatal,
     }

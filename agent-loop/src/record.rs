@@ -68,9 +68,9 @@ impl ResultRecord {
     }
 
     pub fn from_trajectory(t: &Trajectory, trajectory_file: String) -> ResultRecord {
-        let (name, outcome) = t.metric.clone().unwrap_or_else(|| {
-            (
-                "none".into(),
+        let metrics = if t.metrics.is_empty() {
+            BTreeMap::from([(
+                "none".to_owned(),
                 MetricOutcome {
                     score: None,
                     details: Default::default(),
@@ -79,9 +79,11 @@ impl ResultRecord {
                     error_kind: Some("error".into()),
                     leaderboard: None,
                 },
-            )
-        });
-        let score = outcome.score;
+            )])
+        } else {
+            t.metrics.clone()
+        };
+        let scored = metrics.values().next().is_some_and(|o| o.success);
         let cell_timeouts = t
             .cells
             .iter()
@@ -93,13 +95,13 @@ impl ResultRecord {
             query: t.query.clone(),
             ground_truth: t.ground_truth.clone(),
             prediction: t.prediction.clone(),
-            success: t.end_reason == EndReason::Answered && outcome.success,
-            metrics: BTreeMap::from([(name, outcome)]),
+            success: t.end_reason == EndReason::Answered && scored,
+            score: metrics.values().next().and_then(|o| o.score),
+            metrics,
             execution_time: t.timings.wall_s,
             total_turns: t.turns,
             index: t.index,
             trajectory: t.trajectory,
-            score,
             end_reason: t.end_reason,
             error: t.error.clone(),
             error_kind: t.error_kind.clone(),
@@ -111,8 +113,7 @@ impl ResultRecord {
             images: t.images.clone(),
             submission: t.submission.clone(),
             model: t.model.clone(),
-            finished_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
+            finished_at: crate::rundir::now_rfc3339(),
         }
     }
 }

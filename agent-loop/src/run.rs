@@ -285,7 +285,9 @@ async fn one(
         return Finished::Fatal(fatal);
     }
     let mut t = outcome.trajectory;
-    t.metric = Some(score_trajectory(&item.task, &t, setup.judge.as_deref(), &root).await);
+    let (name, outcome) = score_trajectory(&item.task, &t, setup.judge.as_deref(), &root).await;
+    t.score = outcome.score;
+    t.metrics.insert(name, outcome);
     let file = trajectory_file(&t.suite, t.index, t.trajectory);
     let json = match serde_json::to_vec_pretty(&t) {
         Ok(j) => j,

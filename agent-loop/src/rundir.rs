@@ -219,6 +219,11 @@ fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     }
 }
 
+/// Now, as RFC 3339 UTC with seconds (`2026-01-31T12:00:00Z`).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Write `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
@@ -537,7 +542,7 @@ pub fn write_summaries(
         "mean",
         "max_at_k",
         "pass_at_1",
-        &format!("pass_at_{k}"),
+        "pass_at_k",
         "tasks_solved",
         "mean_turns",
         "mean_tokens",

@@ -288,6 +288,17 @@ pub fn restore_stop_tag(
         }
         return format!("{text}{reason}");
     }
+    // A reply that ends with a closing tag of its own (a typo such as `</pyhton>`) was
+    // ended by the model, not cut at our stop sequence (which the server removes).
+    let trimmed = text.trim_end();
+    if let Some(open) = trimmed.rfind("</")
+        && trimmed.ends_with('>')
+        && trimmed[open + 2..trimmed.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return text.to_owned();
+    }
     // The stop tag whose opening tag appears last without a closing tag after it.
     let mut best: Option<(usize, &str)> = None;
     for stop in stops {
@@ -349,6 +360,19 @@ mod tests {
         assert_eq!(
             restore_stop_tag("<python>x", "stop", Some("<|im_end|>"), &stops()),
             "<python>x</python>"
+        );
+    }
+
+    #[test]
+    fn a_reply_ending_in_its_own_closing_tag_is_left_alone() {
+        assert_eq!(
+            restore_stop_tag("<python>print(1)</pyhton>", "stop", None, &stops()),
+            "<python>print(1)</pyhton>"
+        );
+        // Code that merely contains `</` is still closed.
+        assert_eq!(
+            restore_stop_tag("<python>print('</b>' + x)", "stop", None, &stops()),
+            "<python>print('</b>' + x)</python>"
         );
     }
 

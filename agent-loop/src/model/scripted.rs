@@ -18,8 +18,9 @@ type ReplyFn = dyn Fn(&ChatRequest) -> Result<Completion, ModelError> + Send + S
 /// The code an analyst runs for one question, cell by cell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
-    /// Text that identifies the question (found in the first user message).
-    pub question: String,
+    /// Texts that identify the task: all of them are in its first user message (the
+    /// question, and e.g. a data path when two tasks ask the same question).
+    pub matches: Vec<String>,
     /// The cells, in order; the output of the last one holds a line `ANSWER: <value>`.
     pub cells: Vec<String>,
 }
@@ -92,7 +93,7 @@ impl ScriptedModel {
                     .unwrap_or("");
                 let program = programs
                     .iter()
-                    .find(|p| first_user.contains(&p.question))
+                    .find(|p| p.matches.iter().all(|m| first_user.contains(m.as_str())))
                     .ok_or_else(|| {
                         ModelError::Scripted(format!(
                             "no program for this question: {}",
@@ -189,7 +190,7 @@ mod tests {
 
     fn program() -> Program {
         Program {
-            question: "mean of x".into(),
+            matches: vec!["mean of x".into()],
             cells: vec!["x = [1, 2, 3]".into(), "print('ANSWER:', sum(x) / 3)".into()],
         }
     }

@@ -12,7 +12,8 @@
 use std::io::Read as _;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dsbox_kernel::standalone::BOOTSTRAP;
@@ -126,17 +127,36 @@ impl ColdConfig {
     }
 }
 
+/// Ids of the sandboxes a factory made that are not destroyed yet.
+type LiveSet = Arc<Mutex<BTreeSet<String>>>;
+
 /// Makes [`ColdSandbox`]es.
 #[derive(Debug, Clone)]
 pub struct ColdFactory {
     config: Arc<ColdConfig>,
+    live: LiveSet,
 }
 
 impl ColdFactory {
     pub fn new(config: ColdConfig) -> ColdFactory {
         ColdFactory {
             config: Arc::new(config),
+            live: LiveSet::default(),
         }
+    }
+
+    pub fn config(&self) -> &ColdConfig {
+        &self.config
+    }
+
+    /// The runtime ids of the sandboxes this factory made that still exist.
+    pub fn live(&self) -> Vec<String> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -146,9 +166,10 @@ impl SandboxFactory for ColdFactory {
         request: &'a SandboxRequest,
     ) -> BoxFuture<'a, Result<Box<dyn CodeSandbox>>> {
         Box::pin(async move {
-            let running = start(&self.config, request).await?;
+            let running = start(&self.config, &self.live, request).await?;
             Ok(Box::new(ColdSandbox {
                 config: self.config.clone(),
+                live: self.live.clone(),
                 request: request.clone(),
                 running: Some(running),
                 restarts: 0,
@@ -188,9 +209,46 @@ impl KernelControl for InitInterrupt {
     }
 }
 
+/// A runtime sandbox registered in its factory's live set until it is destroyed, by
+/// [`release`] or, if the episode was cancelled, by this guard's `Drop` (blocking, but
+/// nothing leaks).
+struct Tracked {
+    sandbox: Option<Sandbox>,
+    id: String,
+    live: LiveSet,
+}
+
+impl Tracked {
+    fn new(sandbox: Sandbox, live: &LiveSet) -> Tracked {
+        let id = sandbox.id().to_owned();
+        live.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
+        Tracked {
+            sandbox: Some(sandbox),
+            id,
+            live: live.clone(),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(sandbox) = self.sandbox.take()
+            && let Err(e) = sandbox.destroy()
+        {
+            tracing::warn!("destroying sandbox {}: {e}", self.id);
+        }
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// A sandbox whose kernel said hello.
 struct Running {
-    sandbox: Sandbox,
+    sandbox: Tracked,
     client: KernelClient,
 }
 
@@ -199,6 +257,7 @@ struct Running {
 /// threads.
 pub struct ColdSandbox {
     config: Arc<ColdConfig>,
+    live: LiveSet,
     request: SandboxRequest,
     running: Option<Running>,
     restarts: u32,
@@ -222,7 +281,11 @@ fn start_error(request: &SandboxRequest, detail: impl Into<String>) -> SandboxEr
 }
 
 /// Build the sandbox, send the kernel program, wait for its hello.
-async fn start(config: &Arc<ColdConfig>, request: &SandboxRequest) -> Result<Running> {
+async fn start(
+    config: &Arc<ColdConfig>,
+    live: &LiveSet,
+    request: &SandboxRequest,
+) -> Result<Running> {
     let spec = config
         .spec(request)
         .map_err(|e| start_error(request, e))?;
@@ -243,8 +306,12 @@ async fn start(config: &Arc<ColdConfig>, request: &SandboxRequest) -> Result<Run
         .await
         .map_err(|e| start_error(request, format!("spawn task: {e}")))?
         .map_err(|e| start_error(request, e.to_string()))?;
+    let sandbox = Tracked::new(sandbox, live);
     let connected = async {
         let pidfd = sandbox
+            .sandbox
+            .as_ref()
+            .ok_or("the sandbox is gone")?
             .pidfd()
             .try_clone_to_owned()
             .map_err(|e| format!("dup pidfd: {e}"))?;
@@ -305,8 +372,9 @@ fn describe(report: &ExitReport) -> String {
 /// End a sandbox off the async threads: give a payload that is leaving a moment to go
 /// (its exit status says why, e.g. an OOM kill), then kill and destroy. Returns how it
 /// ended.
-async fn release(mut sandbox: Sandbox) -> Option<ExitReport> {
+async fn release(mut tracked: Tracked) -> Option<ExitReport> {
     tokio::task::spawn_blocking(move || {
+        let mut sandbox = tracked.sandbox.take()?;
         let deadline = Instant::now() + Duration::from_millis(500);
         let report = loop {
             match sandbox.try_wait() {
@@ -327,6 +395,8 @@ async fn release(mut sandbox: Sandbox) -> Option<ExitReport> {
         if let Err(e) = sandbox.destroy() {
             tracing::warn!("destroying a sandbox: {e}");
         }
+        // Leaves the live set now that the sandbox is destroyed.
+        drop(tracked);
         report
     })
     .await
@@ -365,7 +435,7 @@ impl ColdSandbox {
                     result.set_exit_detail(&describe(r));
                 }
             }
-            match start(&self.config, &self.request).await {
+            match start(&self.config, &self.live, &self.request).await {
                 Ok(r) => {
                     self.running = Some(r);
                     self.restarts += 1;
@@ -413,12 +483,15 @@ impl CodeSandbox for ColdSandbox {
 }
 
 /// Kill and destroy at once (the episode is over; how it ended does not matter).
-async fn release_now(mut sandbox: Sandbox) {
+async fn release_now(mut tracked: Tracked) {
     let _ = tokio::task::spawn_blocking(move || {
-        let _ = sandbox.kill();
-        if let Err(e) = sandbox.destroy() {
-            tracing::warn!("destroying a sandbox: {e}");
+        if let Some(mut sandbox) = tracked.sandbox.take() {
+            let _ = sandbox.kill();
+            if let Err(e) = sandbox.destroy() {
+                tracing::warn!("destroying a sandbox: {e}");
+            }
         }
+        drop(tracked);
     })
     .await;
 }
