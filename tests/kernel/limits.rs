@@ -154,3 +154,155 @@ print("the end")
         growth >> 20
     );
 }
+
+#[tokio::test]
+async fn sigint_while_idle_is_ignored_and_a_sigint_storm_never_corrupts_the_channel() {
+    let mut k = kernel().await;
+    run(&mut k, "x = 'kept'").await;
+    let pid = nix::unistd::Pid::from_raw(k.pid().unwrap() as i32);
+    for _ in 0..20 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        run(&mut k, "x").await.result_text(),
+        Some("'kept'"),
+        "idle SIGINTs ignored"
+    );
+
+    for round in 0..6 {
+        let storm = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for _ in 0..100 {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let cell = k
+            .execute(
+                // Small writes, and 300 KB ones whose frames exceed the socket buffer so
+                // that sends block and signals land inside them.
+                "import sys\nbig = 'z' * 300_000\nfor i in range(10**8):\n    print(i)\n    sys.stderr.write('e\\n')\n    if i % 50 == 0:\n        print(big)",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        storm.await.unwrap();
+        assert_eq!(
+            cell.status,
+            CellStatus::Interrupted,
+            "round {round}: {:?}",
+            cell.error()
+        );
+        assert_eq!(cell.error().map(|e| e.0), Some("KeyboardInterrupt"));
+        assert!(
+            cell.stdout().starts_with("0\nzzz"),
+            "{}",
+            &cell.stdout()[..20]
+        );
+        assert_eq!(run(&mut k, "x").await.result_text(), Some("'kept'"));
+    }
+    assert_eq!(k.restarts(), 0, "the channel was never corrupted");
+}
+
+/// The kernel run as a script (`python dsbox_kernel.py --channel-fd N`) on a raw socket.
+fn script_kernel() -> (std::process::Child, std::os::unix::net::UnixStream) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../kernel/python/dsbox_kernel.py"
+    );
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(test_python());
+    cmd.arg(script).arg("--channel-fd").arg(fd.to_string());
+    // SAFETY: runs between fork and exec; fcntl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(theirs);
+    // A wedged channel fails the test instead of hanging it.
+    ours.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    (child, ours)
+}
+
+/// Read frames until `done`; every frame must parse.
+fn read_until_done(
+    sock: &mut std::os::unix::net::UnixStream,
+    reader: &mut dsbox_kernel::protocol::FrameReader,
+) -> Vec<dsbox_kernel::protocol::KernelMessage> {
+    use dsbox_kernel::protocol::KernelMessage;
+    use std::io::Read;
+    let mut out = Vec::new();
+    loop {
+        while let Some(body) = reader.next_frame().expect("a well-formed frame") {
+            let msg = KernelMessage::parse(body).expect("a valid message");
+            let done = matches!(msg, KernelMessage::Done { .. });
+            out.push(msg);
+            if done {
+                return out;
+            }
+        }
+        let n = sock
+            .read(reader.read_space())
+            .expect("the kernel keeps sending frames until done");
+        assert!(n > 0, "kernel closed the channel");
+        reader.advance(n);
+    }
+}
+
+#[test]
+fn interrupts_landing_inside_a_blocked_send_never_corrupt_frames() {
+    use dsbox_kernel::protocol::{
+        DoneStatus, FrameReader, KernelMessage, MAX_KERNEL_FRAME, Request, encode_request,
+    };
+    use std::io::Write;
+    let (mut child, mut sock) = script_kernel();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut reader = FrameReader::new(MAX_KERNEL_FRAME);
+    let hello = read_until_done_or_hello(&mut sock, &mut reader);
+    assert!(matches!(hello, KernelMessage::Hello { .. }), "{hello:?}");
+    for id in 1..=3u64 {
+        let code = "big = 'q' * 1_000_000\nwhile True:\n    print(big)";
+        sock.write_all(&encode_request(&Request::Execute { id, code }).unwrap())
+            .unwrap();
+        // Do not read: the kernel fills the socket buffer and blocks inside sendall.
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..30 {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let msgs = read_until_done(&mut sock, &mut reader);
+        match msgs.last() {
+            Some(KernelMessage::Done { status, .. }) => {
+                assert_eq!(*status, DoneStatus::Interrupted)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn read_until_done_or_hello(
+    sock: &mut std::os::unix::net::UnixStream,
+    reader: &mut dsbox_kernel::protocol::FrameReader,
+) -> dsbox_kernel::protocol::KernelMessage {
+    use std::io::Read;
+    loop {
+        if let Some(body) = reader.next_frame().unwrap() {
+            return dsbox_kernel::protocol::KernelMessage::parse(body).unwrap();
+        }
+        let n = sock.read(reader.read_space()).unwrap();
+        assert!(n > 0, "kernel closed the channel before hello");
+        reader.advance(n);
+    }
+}
