@@ -991,6 +991,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sandboxes_and_reports_can_move_between_threads() {
+        // The kernel crate drives sandboxes from tokio tasks.
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Sandbox>();
+        send_sync::<ExitReport>();
+        send_sync::<JoinPlan>();
+        send_sync::<SandboxSpec>();
+    }
+
+    #[test]
     fn kill_reasons_read_like_the_docs() {
         let r = KillReason::OutOfMemory {
             limit: Some(512 << 20),
