@@ -4,15 +4,80 @@
 //!
 //! ```text
 //! cargo run --release -p dsbox-kernel --example roundtrip -- \
-//!     --python /path/to/venv/bin/python [--count 2000] [--json]
+//!     --python /path/to/venv/bin/python [--count 2000] [--json] [--zygote]
 //! ```
 //! The venv needs `jupyter_client` and `ipykernel` for the baseline (skipped otherwise).
+//! `--zygote` also measures a kernel forked from a zygote holding pandas+numpy (spawn
+//! request to first `1+1` result, no sandbox: a lower bound for P1) against a fresh
+//! `python -c "import pandas, numpy"`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use dsbox_kernel::{StandaloneConfig, StandaloneKernel};
+use std::sync::Arc;
+
+use dsbox_kernel::zygote::{JoinPlan, SpawnFds, Zygote, ZygoteConfig};
+use dsbox_kernel::{ClientConfig, KernelClient, KernelControl, StandaloneConfig, StandaloneKernel};
+
+struct NoInterrupt;
+
+impl KernelControl for NoInterrupt {
+    fn interrupt(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Spawn request to first `1+1` result for kernels forked from a pandas+numpy zygote,
+/// and a fresh interpreter importing the same modules. Both in microseconds.
+async fn zygote_figures(
+    python: &std::path::Path,
+    count: usize,
+) -> dsbox_kernel::Result<(Vec<f64>, Vec<f64>)> {
+    let mut config = ZygoteConfig::new(python);
+    config.preload = vec!["numpy".into(), "pandas".into()];
+    let mut zygote = Zygote::start(&config).await?;
+    let plan = JoinPlan {
+        namespaces: 0,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        cwd: "/".into(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        rlimits: vec![],
+        landlock: None,
+        seccomp_bpf: None,
+        hostname: "dsbox".into(),
+        drop_capabilities: false,
+        no_new_privs: false,
+    };
+    let mut forks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let spawned = zygote.spawn(&plan, SpawnFds::default()).await?;
+        let mut client = KernelClient::connect(
+            spawned.channel,
+            Arc::new(NoInterrupt),
+            ClientConfig::default(),
+        )
+        .await?;
+        let cell = client.execute("1+1", Duration::from_secs(10)).await?;
+        forks.push(t.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(cell.result_text(), Some("2"));
+        client.shutdown().await?;
+    }
+    zygote.shutdown().await?;
+    let mut fresh = Vec::new();
+    for _ in 0..count.min(10) {
+        let t = Instant::now();
+        let ok = std::process::Command::new(python)
+            .args(["-c", "import pandas, numpy"])
+            .status()?
+            .success();
+        assert!(ok, "python -c 'import pandas, numpy' failed");
+        fresh.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((forks, fresh))
+}
 
 const JUPYTER_DRIVER: &str = r#"
 import json, sys, time
@@ -48,6 +113,7 @@ struct Args {
     python: PathBuf,
     count: usize,
     json: bool,
+    zygote: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -57,6 +123,7 @@ fn parse_args() -> Result<Args, String> {
             .unwrap_or_else(|| PathBuf::from("/usr/bin/python3")),
         count: 2000,
         json: false,
+        zygote: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -70,6 +137,7 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--count needs a positive number")?
             }
             "--json" => args.json = true,
+            "--zygote" => args.zygote = true,
             other => {
                 return Err(format!(
                     "unknown argument {other:?}: use --python, --count, --json"
@@ -148,6 +216,17 @@ fn main() -> ExitCode {
             None
         }
     };
+    let zygote = if args.zygote {
+        match rt.block_on(zygote_figures(&args.python, 100)) {
+            Ok((forks, fresh)) => Some((percentiles(forks), percentiles(fresh))),
+            Err(e) => {
+                eprintln!("roundtrip: zygote figure skipped: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
@@ -161,6 +240,9 @@ fn main() -> ExitCode {
             "dsbox": {"p50_us": p50, "p99_us": p99, "kernel_side_p50_us": k50},
             "jupyter": j,
             "ratio_p50": jupyter.map(|(j50, _)| p50 / j50),
+            "zygote_fork_to_first_result": zygote.map(|((a, b), (c, d))| serde_json::json!({
+                "p50_us": a, "p99_us": b, "fresh_import_p50_us": c, "fresh_import_p99_us": d,
+            })),
             "machine": {"cores": cores, "kernel": kernel_release},
         });
         println!("{out}");
@@ -173,6 +255,19 @@ fn main() -> ExitCode {
         if let Some((j50, j99)) = jupyter {
             println!("jupyter 1+1: p50 {j50:8.1} us  p99 {j99:8.1} us");
             println!("ratio p50: 1/{:.1}", j50 / p50);
+        }
+        if let Some(((f50, f99), (i50, i99))) = zygote {
+            println!(
+                "zygote fork -> first 1+1 (pandas+numpy held, no sandbox): p50 {:.2} ms  p99 {:.2} ms",
+                f50 / 1e3,
+                f99 / 1e3
+            );
+            println!(
+                "fresh python -c 'import pandas, numpy':                  p50 {:.1} ms  p99 {:.1} ms  (ratio 1/{:.0})",
+                i50 / 1e3,
+                i99 / 1e3,
+                i50 / f50
+            );
         }
     }
     ExitCode::SUCCESS
