@@ -303,6 +303,7 @@ class Kernel:
         self.idle_len = 0
         self.idle_cut = 0
         self.forked = False
+        self.fork_buf = {}
         self.cells = []
         self.ns = None
         self._fflush = None
@@ -388,6 +389,7 @@ class Kernel:
         # A child forked by user code (multiprocessing) shares the channel with us; it
         # must never write frames. Its prints go to fds 1/2, which we capture.
         self.forked = True
+        self.fork_buf = {}
         self.lock = threading.Lock()
         try:
             self.sock.detach()
@@ -516,10 +518,7 @@ class Kernel:
     def _write(self, name, fd, text):
         """A Python-level write to sys.stdout/sys.stderr."""
         if self.forked:
-            try:
-                _os_write(fd, text.encode("utf-8", "replace"))
-            except OSError:
-                pass
+            self._forked_write(fd, text)
             return
         self._enter()
         try:
@@ -529,8 +528,33 @@ class Kernel:
         finally:
             self._leave()
 
+    def _forked_write(self, fd, text):
+        """In a child forked by user code: whole lines straight to fd 1/2, so that
+        the lines of sibling processes (a multiprocessing pool) do not interleave."""
+        buf = self.fork_buf.setdefault(fd, [])
+        buf.append(text)
+        if "\n" in text:
+            data = "".join(buf)
+            cut = data.rfind("\n") + 1
+            buf[:] = [data[cut:]] if cut < len(data) else []
+            self._raw_write(fd, data[:cut])
+
+    def _raw_write(self, fd, text):
+        data = text.encode("utf-8", "replace")
+        try:
+            while data:
+                data = data[_os_write(fd, data):]
+        except OSError:
+            pass
+
     def _flush_from_user(self):
-        if self.forked or not self.active:
+        if self.forked:
+            for fd, buf in self.fork_buf.items():
+                if buf:
+                    self._raw_write(fd, "".join(buf))
+                    buf.clear()
+            return
+        if not self.active:
             return
         self._enter()
         try:

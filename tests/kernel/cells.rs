@@ -346,3 +346,24 @@ async fn output_between_cells_is_reported_with_the_next_cell() {
     let cell = run(&mut k, "p.wait()").await;
     assert_eq!(cell.stdout(), "late\n", "{cell:?}");
 }
+
+#[tokio::test]
+async fn forked_children_print_whole_lines_through_the_captured_fds() {
+    let mut k = kernel().await;
+    let code = "import multiprocessing as mp\ndef f(i):\n    print('child', i, 'x' * 200)\n    return i\nwith mp.get_context('fork').Pool(4) as p:\n    r = p.map(f, range(64), chunksize=1)\nsum(r)";
+    let cell = run(&mut k, code).await;
+    assert_eq!(cell.result_text(), Some("2016"), "{cell:?}");
+    let out = cell.stdout();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 64, "{out}");
+    for line in lines {
+        let mut parts = line.split(' ');
+        assert_eq!(parts.next(), Some("child"), "{line}");
+        assert!(
+            parts.next().is_some_and(|n| n.parse::<u32>().is_ok()),
+            "{line}"
+        );
+        assert_eq!(parts.next(), Some("x".repeat(200).as_str()), "{line}");
+        assert_eq!(parts.next(), None, "{line}");
+    }
+}
