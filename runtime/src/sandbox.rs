@@ -637,6 +637,17 @@ impl Sandbox {
     }
 
     /// Memory, OOM and pids counters of the sandbox's cgroup (None without cgroups).
+    ///
+    /// ```no_run
+    /// # use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
+    /// # let spec = SandboxSpec::builder().with_command(["/bin/true"]).build()?;
+    /// let mut sandbox = Sandbox::spawn(&spec, SpawnOptions::default())?;
+    /// sandbox.wait()?;
+    /// if let Some(stats) = sandbox.cgroup() {
+    ///     println!("peak {:?} bytes, {} OOM kills", stats.memory_peak, stats.oom_kills);
+    /// }
+    /// # Ok::<(), dsbox_runtime::Error>(())
+    /// ```
     pub fn cgroup(&self) -> Option<CgroupStats> {
         self.cgroup.as_ref().map(SandboxCgroup::stats)
     }
@@ -672,6 +683,16 @@ impl Sandbox {
     }
 
     /// Check without blocking; enforces the timeout too (kills when it passed).
+    ///
+    /// ```no_run
+    /// # use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
+    /// # let spec = SandboxSpec::builder().with_command(["/bin/true"]).build()?;
+    /// let mut sandbox = Sandbox::spawn(&spec, SpawnOptions::default())?;
+    /// while sandbox.try_wait()?.is_none() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(10));
+    /// }
+    /// # Ok::<(), dsbox_runtime::Error>(())
+    /// ```
     pub fn try_wait(&mut self) -> Result<Option<ExitReport>> {
         if let Some(r) = &self.report {
             return Ok(Some(r.clone()));
@@ -844,6 +865,15 @@ impl Sandbox {
 
     /// SIGKILL the sandbox: init (whose exit takes the whole pid namespace along), or
     /// every process of the cgroup when there is no pid namespace.
+    ///
+    /// ```no_run
+    /// # use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
+    /// # let spec = SandboxSpec::builder().with_command(["/bin/sleep", "60"]).build()?;
+    /// let mut sandbox = Sandbox::spawn(&spec, SpawnOptions::default())?;
+    /// sandbox.kill()?;
+    /// assert_eq!(sandbox.wait()?.code(), 137);
+    /// # Ok::<(), dsbox_runtime::Error>(())
+    /// ```
     pub fn kill(&mut self) -> Result<()> {
         if self.report.is_some() {
             return Ok(());
@@ -881,6 +911,13 @@ impl Sandbox {
     }
 
     /// Kill, reap, remove the cgroup(s) and the state record.
+    ///
+    /// ```no_run
+    /// # use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
+    /// let sandbox = Sandbox::spawn(&SandboxSpec::default(), SpawnOptions::default())?;
+    /// sandbox.destroy()?; // a shell: nothing runs until someone joins; now it is gone
+    /// # Ok::<(), dsbox_runtime::Error>(())
+    /// ```
     pub fn destroy(mut self) -> Result<()> {
         self.destroy_inner()
     }
