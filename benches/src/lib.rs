@@ -1,4 +1,5 @@
 //! dsbox-bench: the benchmarks behind `dsbox bench`; every figure is measured beside a
 //! baseline in the same run and reported as JSON with medians and p99.
 
+pub mod eval;
 pub mod start;

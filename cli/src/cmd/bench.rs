@@ -15,6 +15,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Start-to-exit of `/bin/true` in a full sandbox vs a plain fork+exec, interleaved.
     Start(StartArgs),
+    /// P7: evaluation throughput with an instant scripted model vs a fresh python per cell.
+    Eval(super::eval::BenchEvalArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +32,7 @@ pub struct StartArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::Start(a) => start(a),
+        BenchCommand::Eval(a) => super::eval::bench(a),
     }
 }
 

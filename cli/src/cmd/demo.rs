@@ -49,7 +49,7 @@ pub struct DemoArgs {
 }
 
 /// The DSGym data: the flag, else the configured root, else ../shared/data/dsgym.
-fn data_root(flag: Option<PathBuf>) -> Option<PathBuf> {
+pub(crate) fn data_root(flag: Option<PathBuf>) -> Option<PathBuf> {
     if let Some(f) = flag {
         return Some(f);
     }

@@ -706,3 +706,88 @@ fn resume(args: EvalArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let report = drive(&rt, opened.dir, &manifest, items, done, setup, observer)?;
     finish(&report, dir, args.source.json, "dsbox eval")
 }
+
+/// `dsbox bench eval` (targets.md P7).
+#[derive(Debug, clap::Args)]
+pub struct BenchEvalArgs {
+    /// QRData tasks to run (from the data root; the starter suite repeated without one).
+    #[arg(long, default_value_t = 100, value_parser = parse_positive_usize)]
+    pub tasks: usize,
+    /// Episodes at once.
+    #[arg(long, default_value_t = 2, value_parser = parse_positive_usize)]
+    pub concurrency: usize,
+    /// Run the baseline on only the first N tasks (its figure is per task).
+    #[arg(long, value_parser = parse_positive_usize)]
+    pub baseline_tasks: Option<usize>,
+    /// DSGym release directory (default: $DSBOX_DATA_ROOT, ~/.local/share/dsbox/dsgym, or
+    /// ../shared/data/dsgym).
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    #[arg(long, default_value = "analysis")]
+    pub rootfs: String,
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    #[arg(long)]
+    pub no_build: bool,
+    /// Print the full result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(args: BenchEvalArgs) -> anyhow::Result<ExitCode> {
+    let root = super::demo::data_root(args.data_root.clone());
+    let reg = SuiteRegistry::builtin(dsbox_tasks::DataRoot::resolve(root.as_deref()))?;
+    let prompts = prompts(None)?;
+    let (suite, source) = match reg.load("qrdata") {
+        Ok(s) if !s.tasks.is_empty() => {
+            let source = format!("qrdata ({})", root.as_deref().map_or_else(|| "data root".into(), |p| p.display().to_string()));
+            (s, source)
+        }
+        _ => {
+            let s = reg.load("starter")?;
+            let source = format!(
+                "the starter suite repeated ({} tasks; no DSGym data root found, pass --data-root for QRData)",
+                s.tasks.len()
+            );
+            (s, source)
+        }
+    };
+    let mut items = Vec::with_capacity(args.tasks);
+    for i in 0..args.tasks {
+        let Some(base) = suite.tasks.get(i % suite.tasks.len().max(1)) else {
+            break;
+        };
+        let mut task = base.clone();
+        if i >= suite.tasks.len() {
+            // Repeats need their own ids: results are keyed by task id.
+            task.id = format!("{}~{}", task.id, i / suite.tasks.len());
+        }
+        let prompt = prompts.render(&task, &suite.def)?;
+        items.push(PlannedItem {
+            task: Arc::new(task),
+            prompt: Arc::new(prompt),
+            index: i,
+        });
+    }
+    let rootfs = super::rootfs::ensure_rootfs(&args.rootfs, args.store.as_deref(), args.no_build)?;
+    let cfg = dsbox_bench::eval::EvalBenchConfig {
+        items,
+        source,
+        cold: ColdConfig::from_rootfs(&rootfs),
+        concurrency: args.concurrency,
+        baseline_tasks: args.baseline_tasks,
+    };
+    eprintln!(
+        "dsbox bench eval: {} tasks from {}, concurrency {}; then the baseline",
+        cfg.items.len(),
+        cfg.source,
+        cfg.concurrency
+    );
+    let result = dsbox_bench::eval::run(&cfg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", result.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
