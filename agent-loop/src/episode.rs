@@ -209,8 +209,14 @@ pub struct Trajectory {
 /// Where an episode's figures and submission files go.
 pub trait ArtifactSink: Send + Sync {
     /// Save figure `n` of a trajectory; returns its path relative to the run directory.
-    fn save_image(&self, task: &Task, trajectory: u32, n: usize, mime: &str, data: &[u8])
-    -> Option<String>;
+    fn save_image(
+        &self,
+        task: &Task,
+        trajectory: u32,
+        n: usize,
+        mime: &str,
+        data: &[u8],
+    ) -> Option<String>;
     /// Save a trajectory's submission file; returns its path relative to the run dir.
     fn save_submission(&self, task: &Task, trajectory: u32, data: &[u8]) -> Option<String>;
 }
@@ -273,11 +279,7 @@ impl State {
     }
 
     fn model_failed(&mut self, e: ModelError) {
-        self.end(
-            EndReason::ModelError,
-            Some(e.to_string()),
-            Some(e.kind()),
-        );
+        self.end(EndReason::ModelError, Some(e.to_string()), Some(e.kind()));
         if e.is_fatal() {
             self.fatal = Some(e);
         }
@@ -360,10 +362,8 @@ pub async fn run_episode(
     {
         tracing::warn!(task = %task.id, "closing the sandbox: {e}");
     }
-    let (end_reason, error, error_kind) = st
-        .end
-        .take()
-        .unwrap_or((EndReason::MaxTurns, None, None));
+    let (end_reason, error, error_kind) =
+        st.end.take().unwrap_or((EndReason::MaxTurns, None, None));
     let extra_info = json!({
         "task_id": task.id,
         "suite": task.suite,
@@ -409,20 +409,12 @@ pub async fn run_episode(
     }
 }
 
-async fn call_model(
-    model: &dyn Model,
-    request: ChatRequest,
-) -> Result<Completion, ModelError> {
+async fn call_model(model: &dyn Model, request: ChatRequest) -> Result<Completion, ModelError> {
     model.complete(&request).await
 }
 
 /// The episode's loop. Everything it learns is in `st`, so cancelling it loses nothing.
-async fn drive(
-    ctx: &EpisodeContext<'_>,
-    st: &mut State,
-    task: &Task,
-    request: &SandboxRequest,
-) {
+async fn drive(ctx: &EpisodeContext<'_>, st: &mut State, task: &Task, request: &SandboxRequest) {
     let settings = ctx.settings;
     // The sandbox starts while the first request is in flight.
     let first_request = ctx.scaffold.request(&st.messages, settings.multimodal);
@@ -439,7 +431,11 @@ async fn drive(
     match sandbox {
         Ok(s) => st.sandbox = Some(s),
         Err(e) => {
-            st.end(EndReason::SandboxError, Some(e.to_string()), Some("sandbox"));
+            st.end(
+                EndReason::SandboxError,
+                Some(e.to_string()),
+                Some("sandbox"),
+            );
             return;
         }
     }
@@ -472,10 +468,7 @@ async fn drive(
         if st.turns >= settings.max_turns {
             st.end(
                 EndReason::MaxTurns,
-                Some(format!(
-                    "no answer within {} turns",
-                    settings.max_turns
-                )),
+                Some(format!("no answer within {} turns", settings.max_turns)),
                 Some("no-answer"),
             );
             return;
@@ -523,7 +516,8 @@ async fn execute(
     st.exec_time += elapsed;
     match result {
         Ok(cell) => {
-            let cleaned = protocol::clean_output(&cell.items, &cell.truncation, settings.observation_cap);
+            let cleaned =
+                protocol::clean_output(&cell.items, &cell.truncation, settings.observation_cap);
             let mut images = Vec::new();
             for img in cleaned.images {
                 st.image_count += 1;
@@ -570,7 +564,11 @@ async fn execute(
             st.messages
                 .push(ctx.scaffold.execution_error(call_id, &e.to_string()));
             if matches!(e, SandboxError::Gone { .. }) {
-                st.end(EndReason::SandboxError, Some(e.to_string()), Some("sandbox"));
+                st.end(
+                    EndReason::SandboxError,
+                    Some(e.to_string()),
+                    Some("sandbox"),
+                );
                 return false;
             }
             true

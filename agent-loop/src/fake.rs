@@ -29,7 +29,10 @@ pub enum FakeReply {
     /// Assistant text; the request's stop sequences apply.
     Text(String),
     /// Assistant text exactly as given, with this finish reason (no stop handling).
-    Raw { content: String, finish_reason: String },
+    Raw {
+        content: String,
+        finish_reason: String,
+    },
     /// Tool calls: (name, arguments as JSON text).
     ToolCalls(Vec<(String, String)>),
     /// An HTTP error status with an OpenAI-style error body.
@@ -374,7 +377,8 @@ fn respond(
                 retry_after,
                 message,
             } => {
-                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let code =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let mut r = error_body(code, &message, "fake_error");
                 if let Some(v) = retry_after
                     && let Ok(v) = v.parse()
@@ -385,8 +389,12 @@ fn respond(
             }
             FakeReply::CloseMidResponse => {
                 let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-                    Ok(Bytes::from_static(b"{\"id\": \"chatcmpl-fake\", \"choices\": [")),
-                    Err(std::io::Error::other("fake server: connection closed mid-response")),
+                    Ok(Bytes::from_static(
+                        b"{\"id\": \"chatcmpl-fake\", \"choices\": [",
+                    )),
+                    Err(std::io::Error::other(
+                        "fake server: connection closed mid-response",
+                    )),
                 ];
                 Response::builder()
                     .status(StatusCode::OK)

@@ -111,7 +111,11 @@ fn static_kind(kind: &str) -> &'static str {
         "submission",
         "missing-task",
     ];
-    KINDS.iter().find(|k| **k == kind).copied().unwrap_or("error")
+    KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("error")
 }
 
 fn task_score(r: &ResultRecord) -> TaskScore {
@@ -192,7 +196,13 @@ fn group(records: &[&ResultRecord], tasks: usize, k: u32) -> GroupMetrics {
             *errors.not_evaluable.entry(kind).or_insert(0) += 1;
         }
     }
-    let per = |x: f64| if finished == 0 { 0.0 } else { x / finished as f64 };
+    let per = |x: f64| {
+        if finished == 0 {
+            0.0
+        } else {
+            x / finished as f64
+        }
+    };
     GroupMetrics {
         tasks,
         k,
@@ -225,11 +235,8 @@ pub fn compute(
     let suites = tasks_per_suite
         .iter()
         .map(|(name, &n)| {
-            let rs: Vec<&ResultRecord> = all
-                .iter()
-                .copied()
-                .filter(|r| &r.dataset == name)
-                .collect();
+            let rs: Vec<&ResultRecord> =
+                all.iter().copied().filter(|r| &r.dataset == name).collect();
             (name.clone(), group(&rs, n, k))
         })
         .collect();

@@ -47,8 +47,7 @@ fn errors_text(g: &GroupMetrics) -> String {
 
 /// Rows of the summary table: suites, then overall.
 fn rows(m: &RunMetrics) -> Vec<(&str, &GroupMetrics)> {
-    let mut v: Vec<(&str, &GroupMetrics)> =
-        m.suites.iter().map(|(n, g)| (n.as_str(), g)).collect();
+    let mut v: Vec<(&str, &GroupMetrics)> = m.suites.iter().map(|(n, g)| (n.as_str(), g)).collect();
     if m.suites.len() != 1 {
         v.push(("overall", &m.overall));
     }
@@ -251,7 +250,12 @@ fn esc(s: &str) -> String {
 }
 
 /// A horizontal bar chart: one row per (label, value, colour), values in [0, max].
-fn hbar_chart(title: &str, items: &[(String, f64, &str)], max: f64, fmt: &dyn Fn(f64) -> String) -> String {
+fn hbar_chart(
+    title: &str,
+    items: &[(String, f64, &str)],
+    max: f64,
+    fmt: &dyn Fn(f64) -> String,
+) -> String {
     let row_h = 22.0;
     let label_w = 230.0;
     let bar_w = 420.0;
@@ -371,7 +375,11 @@ svg .title{{font:600 13px system-ui,sans-serif;fill:#1d2329}} svg .label{{font:1
     for (name, g) in rows(m) {
         s.push_str("<tr>");
         for (i, c) in row_cells(name, g).iter().enumerate() {
-            let class = if i == 0 || i == 10 { "" } else { " class=\"n\"" };
+            let class = if i == 0 || i == 10 {
+                ""
+            } else {
+                " class=\"n\""
+            };
             let _ = write!(s, "<td{class}>{}</td>", esc(c));
         }
         s.push_str("</tr>");

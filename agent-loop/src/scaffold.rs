@@ -337,8 +337,12 @@ mod tests {
         let i = Tools.interpret(&c);
         assert_eq!(i.answer, None);
         assert_eq!(i.steps.len(), 3);
-        assert!(matches!(&i.steps[1], Step::Invalid { message, .. } if message.contains("no tool `shell`")));
-        assert!(matches!(&i.steps[2], Step::Invalid { message, .. } if message.contains("not a JSON object")));
+        assert!(
+            matches!(&i.steps[1], Step::Invalid { message, .. } if message.contains("no tool `shell`"))
+        );
+        assert!(
+            matches!(&i.steps[2], Step::Invalid { message, .. } if message.contains("not a JSON object"))
+        );
         assert_eq!(i.assistant.tool_calls.len(), 3);
 
         c.tool_calls = vec![ToolCall {

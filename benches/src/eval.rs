@@ -135,7 +135,9 @@ pub fn bench_cells(path: &str) -> Vec<String> {
     vec![
         format!("{load}print(df.shape)\nprint(df.dtypes)"),
         format!("{load}print(df.describe(include='all').T.head(20))"),
-        format!("{load}num = df.select_dtypes('number')\nprint('ANSWER:', round(float(num.mean().mean()), 4) if num.shape[1] else len(df))"),
+        format!(
+            "{load}num = df.select_dtypes('number')\nprint('ANSWER:', round(float(num.mean().mean()), 4) if num.shape[1] else len(df))"
+        ),
     ]
 }
 
@@ -274,7 +276,10 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
     };
 
     // --- baseline: the same cells, one fresh python each, one after another ---
-    let n = cfg.baseline_tasks.unwrap_or(items.len()).clamp(1, items.len());
+    let n = cfg
+        .baseline_tasks
+        .unwrap_or(items.len())
+        .clamp(1, items.len());
     let mut cell_ms = Vec::new();
     let mut task_ms = Vec::new();
     let started = Instant::now();

@@ -44,7 +44,7 @@ enum Command {
     /// Score a predictions file against a suite's answers.
     Score(cmd::score::ScoreArgs),
     /// Evaluate a model on benchmark suites: rollouts in sandboxes, metrics, reports.
-    Eval(cmd::eval::EvalArgs),
+    Eval(Box<cmd::eval::EvalArgs>),
     /// Print a run's results and write Markdown and HTML reports.
     Report(cmd::report::ReportArgs),
     /// Run a few real tasks end to end with a built-in scripted agent (no API key).
@@ -94,7 +94,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Tasks(args) => cmd::tasks::run(args),
         Command::Score(args) => cmd::score::run(args),
-        Command::Eval(args) => cmd::eval::run(args),
+        Command::Eval(args) => cmd::eval::run(*args),
         Command::Report(args) => cmd::report::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Serve(args) => cmd::serve::run(args),

@@ -38,8 +38,19 @@ fn dsbox(starter: &Path, args: &[&str]) -> Command {
 
 fn eval_args<'a>(url: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "eval", "--suite", "starter", "--model", "fake-model", "--base-url", url, "--rootfs",
-        ROOTFS, "--out", out, "--max-retries", "1",
+        "eval",
+        "--suite",
+        "starter",
+        "--model",
+        "fake-model",
+        "--base-url",
+        url,
+        "--rootfs",
+        ROOTFS,
+        "--out",
+        out,
+        "--max-retries",
+        "1",
     ]
 }
 
@@ -157,12 +168,15 @@ async fn a_killed_run_resumes_without_redoing_or_losing_anything() {
     // channel close).
     let deadline = Instant::now() + Duration::from_secs(20);
     while inits.iter().any(|p| alive(*p)) {
-        assert!(Instant::now() < deadline, "sandbox inits {inits:?} outlived the run");
+        assert!(
+            Instant::now() < deadline,
+            "sandbox inits {inits:?} outlived the run"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let before = result_lines(&out);
-    assert!(before.len() >= 5 && before.len() < 24, "{}", before.len());
+    assert!((5..24).contains(&before.len()), "{}", before.len());
     // A line cut short by the crash (as a kill during a write leaves it).
     {
         use std::io::Write;
@@ -170,20 +184,28 @@ async fn a_killed_run_resumes_without_redoing_or_losing_anything() {
             .append(true)
             .open(out.join("results.jsonl"))
             .unwrap();
-        f.write_all(br#"{"sample_id":"starter/peak-day","dataset":"sta"#).unwrap();
+        f.write_all(br#"{"sample_id":"starter/peak-day","dataset":"sta"#)
+            .unwrap();
     }
     let requests_before = server.request_count();
     let resumed = output(dsbox(&starter, &["eval", "--resume", out_s])).await;
     let stderr = text(&resumed.stderr);
     assert!(resumed.status.success(), "resume failed: {stderr}");
-    assert!(stderr.contains("dropped a half-written last line"), "{stderr}");
+    assert!(
+        stderr.contains("dropped a half-written last line"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains(&format!("{} of 24 trajectories finished", before.len())),
         "{stderr}"
     );
 
     let after = result_lines(&out);
-    assert_eq!(&after[..before.len()], &before[..], "finished lines are untouched");
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "finished lines are untouched"
+    );
     let all = keys(&after);
     let unique: std::collections::BTreeSet<_> = all.iter().cloned().collect();
     assert_eq!(all.len(), 24, "one line per trajectory");
@@ -227,9 +249,7 @@ async fn ctrl_c_and_a_vanished_server_stop_the_run_cleanly_and_resume_finishes_i
     let out_s = out.to_str().unwrap().to_owned();
 
     // Ctrl-C: exit 130, summaries written for what finished.
-    let mut child = dsbox(&starter, &eval_args(&url, &out_s))
-        .spawn()
-        .unwrap();
+    let mut child = dsbox(&starter, &eval_args(&url, &out_s)).spawn().unwrap();
     wait_for_lines(&out, 2, &mut child).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
@@ -239,9 +259,12 @@ async fn ctrl_c_and_a_vanished_server_stop_the_run_cleanly_and_resume_finishes_i
     let o = child.wait_with_output().await.unwrap();
     let stderr = text(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains(&format!("dsbox eval --resume {out_s}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("dsbox eval --resume {out_s}")),
+        "{stderr}"
+    );
     let first = result_lines(&out).len();
-    assert!(first >= 2 && first < 12);
+    assert!((2..12).contains(&first), "{first}");
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["complete"], false);
@@ -249,9 +272,12 @@ async fn ctrl_c_and_a_vanished_server_stop_the_run_cleanly_and_resume_finishes_i
 
     // The server goes away mid-run: the run stops (exit 1) instead of failing every
     // remaining trajectory, and records nothing for the interrupted ones.
-    let mut child = dsbox(&starter, &["eval", "--resume", &out_s, "--max-retries", "1"])
-        .spawn()
-        .unwrap();
+    let mut child = dsbox(
+        &starter,
+        &["eval", "--resume", &out_s, "--max-retries", "1"],
+    )
+    .spawn()
+    .unwrap();
     wait_for_lines(&out, first + 2, &mut child).await;
     drop(server);
     let o = child.wait_with_output().await.unwrap();
@@ -262,7 +288,10 @@ async fn ctrl_c_and_a_vanished_server_stop_the_run_cleanly_and_resume_finishes_i
     let second = result_lines(&out);
     for l in &second {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        assert_eq!(v["end_reason"], "answered", "no failed trajectory was recorded: {l}");
+        assert_eq!(
+            v["end_reason"], "answered",
+            "no failed trajectory was recorded: {l}"
+        );
     }
 
     // A new server at a new address: resume there and finish.
@@ -273,7 +302,11 @@ async fn ctrl_c_and_a_vanished_server_stop_the_run_cleanly_and_resume_finishes_i
     .await
     .unwrap();
     let url = server.base_url();
-    let o = output(dsbox(&starter, &["eval", "--resume", &out_s, "--base-url", &url])).await;
+    let o = output(dsbox(
+        &starter,
+        &["eval", "--resume", &out_s, "--base-url", &url],
+    ))
+    .await;
     assert!(o.status.success(), "{}", text(&o.stderr));
     let all = keys(&result_lines(&out));
     assert_eq!(all.len(), 12);
@@ -308,7 +341,10 @@ async fn bad_input_gets_one_clear_line_and_leaves_no_run_behind() {
         says: Vec<String>,
     }
     let base = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = eval_args(&url, out_s).iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = eval_args(&url, out_s)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
@@ -345,7 +381,10 @@ async fn bad_input_gets_one_clear_line_and_leaves_no_run_behind() {
             args: base(&[]),
             env: vec![("OPENAI_API_KEY", "sk-wrong")],
             code: 1,
-            says: vec!["rejected the API key (HTTP 401)".into(), "$OPENAI_API_KEY".into()],
+            says: vec![
+                "rejected the API key (HTTP 401)".into(),
+                "$OPENAI_API_KEY".into(),
+            ],
         },
         Case {
             args: base(&["--api-key-env", "DSBOX_TEST_UNSET_KEY"]),
@@ -378,23 +417,36 @@ async fn bad_input_gets_one_clear_line_and_leaves_no_run_behind() {
     ];
     std::fs::create_dir_all(dir.path().join("empty")).unwrap();
     for case in &cases {
-        let mut cmd = dsbox(&starter, &case.args.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut cmd = dsbox(
+            &starter,
+            &case.args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         cmd.envs(case.env.iter().copied());
         let o = output(cmd).await;
         let stderr = text(&o.stderr);
-        assert_eq!(o.status.code(), Some(case.code), "{:?}: {stderr}", case.args);
+        assert_eq!(
+            o.status.code(),
+            Some(case.code),
+            "{:?}: {stderr}",
+            case.args
+        );
         for s in &case.says {
-            assert!(stderr.contains(s.as_str()), "{:?}: expected {s:?} in: {stderr}", case.args);
+            assert!(
+                stderr.contains(s.as_str()),
+                "{:?}: expected {s:?} in: {stderr}",
+                case.args
+            );
         }
         assert!(!stderr.contains("panicked"), "{stderr}");
         if case.code == 1 && !case.args.contains(&"--resume".to_string()) {
-            assert_eq!(
-                stderr.trim().lines().count(),
-                1,
-                "one line: {stderr}"
-            );
+            assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         }
-        assert!(!out.exists(), "{:?} left {} behind", case.args, out.display());
+        assert!(
+            !out.exists(),
+            "{:?} left {} behind",
+            case.args,
+            out.display()
+        );
     }
 
     // A finished run in --out: a second run there is refused (suggesting --resume), and
@@ -410,13 +462,20 @@ async fn bad_input_gets_one_clear_line_and_leaves_no_run_behind() {
     let stderr = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("already holds a run"), "{stderr}");
-    assert!(stderr.contains(&format!("dsbox eval --resume {out_s}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("dsbox eval --resume {out_s}")),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read(out.join("results.jsonl")).unwrap(), snapshot);
     // --resume keeps the run's settings.
     let mut cmd = dsbox(&starter, &["eval", "--resume", out_s, "--model", "other"]);
     cmd.envs(key);
     let o = output(cmd).await;
-    assert!(text(&o.stderr).contains("differs from the run's"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("differs from the run's"),
+        "{}",
+        text(&o.stderr)
+    );
     // A directory with other files is not a run directory.
     let busy = dir.path().join("busy");
     std::fs::create_dir_all(&busy).unwrap();
@@ -425,7 +484,11 @@ async fn bad_input_gets_one_clear_line_and_leaves_no_run_behind() {
     let mut cmd = dsbox(&starter, &base_strs(&replace(base(&[]), "--out", &busy_s)));
     cmd.envs(key);
     let o = output(cmd).await;
-    assert!(text(&o.stderr).contains("is not empty and holds no dsbox run"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("is not empty and holds no dsbox run"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(!busy.join("run.json").exists());
 }
 
@@ -451,13 +514,18 @@ async fn demo_runs_without_a_key_and_report_renders_the_run() {
         .find(|l| l.starts_with("starter"))
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(row.contains("12/12") && row.contains("1.000"), "{row}");
-    assert!(stderr.contains("dsbox eval --suite starter --model"), "{stderr}");
+    assert!(
+        stderr.contains("dsbox eval --suite starter --model"),
+        "{stderr}"
+    );
     assert!(stderr.contains("report.html"), "{stderr}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("Score per suite"));
     assert!(html.contains("starter/busy-days"));
     // The figure the correlation task draws is saved and linked.
-    let figures: Vec<_> = std::fs::read_dir(out.join("images/starter")).unwrap().collect();
+    let figures: Vec<_> = std::fs::read_dir(out.join("images/starter"))
+        .unwrap()
+        .collect();
     assert_eq!(figures.len(), 1);
     assert!(html.contains("images/starter/"));
 

@@ -39,7 +39,9 @@ fn settings() -> EpisodeSettings {
 fn task(dir: &std::path::Path, id: &str) -> (Task, dsbox_tasks::RenderedPrompt) {
     let suite = starter_suite(dir);
     let task = suite.task(id).expect("starter task").clone();
-    let prompt = Prompts::builtin().render(&task, &suite.def).expect("prompt");
+    let prompt = Prompts::builtin()
+        .render(&task, &suite.def)
+        .expect("prompt");
     (task, prompt)
 }
 
@@ -59,7 +61,10 @@ async fn episode_with(
         artifacts: &DiscardArtifacts,
     };
     let out = run_episode(&ctx, task, prompt, 0, 0).await;
-    assert!(factory.live().is_empty(), "the episode released its sandbox");
+    assert!(
+        factory.live().is_empty(),
+        "the episode released its sandbox"
+    );
     out
 }
 
@@ -104,12 +109,18 @@ async fn malformed_tags_and_no_code_get_the_fixed_message_and_replies_are_cut() 
         .collect();
     assert_eq!(c[0].0, Role::System);
     assert_eq!(c[1].0, Role::User);
-    assert_eq!(c[2], (Role::Assistant, "Let me think about the data first."));
+    assert_eq!(
+        c[2],
+        (Role::Assistant, "Let me think about the data first.")
+    );
     assert_eq!(c[3], (Role::User, NO_ACTION_MESSAGE));
     assert_eq!(c[4], (Role::Assistant, "<python>print(1)</pyhton>"));
     assert_eq!(c[5], (Role::User, NO_ACTION_MESSAGE));
     assert_eq!(c[6], (Role::Assistant, "<python>print(6 * 7)</python>"));
-    assert_eq!(c[7], (Role::User, "\n<information>[stdout] 42\n</information>\n"));
+    assert_eq!(
+        c[7],
+        (Role::User, "\n<information>[stdout] 42\n</information>\n")
+    );
     assert_eq!(c[8], (Role::Assistant, "<answer>42</answer>"));
     assert_eq!(c.len(), 9);
     // Every request asked the server to stop at the first closing tag.
@@ -138,9 +149,15 @@ async fn code_in_a_fence_runs_and_errors_come_back_cleaned() {
     .unwrap();
     let out = episode(&server, "starter/busy-days").await;
     let t = &out.trajectory;
-    assert_eq!(t.conversation[3].content, "\n<information>[stdout] 10\n</information>\n");
+    assert_eq!(
+        t.conversation[3].content,
+        "\n<information>[stdout] 10\n</information>\n"
+    );
     let err = &t.conversation[5].content;
-    assert!(err.starts_with("\n<information>ZeroDivisionError: division by zero\n"), "{err}");
+    assert!(
+        err.starts_with("\n<information>ZeroDivisionError: division by zero\n"),
+        "{err}"
+    );
     assert!(!err.contains('\x1b'), "ANSI colours are removed: {err:?}");
     assert_eq!(t.cells[1].status, "error");
 }
@@ -235,7 +252,10 @@ async fn a_slow_server_times_out() {
     let server = FakeServer::start(
         FakeConfig::default(),
         Script::handler(|_| {
-            FakeReply::delayed(Duration::from_secs(10), FakeReply::text("<answer>1</answer>"))
+            FakeReply::delayed(
+                Duration::from_secs(10),
+                FakeReply::text("<answer>1</answer>"),
+            )
         }),
     )
     .await
@@ -250,8 +270,19 @@ async fn a_slow_server_times_out() {
     let t = &out.trajectory;
     assert_eq!(t.end_reason, EndReason::ModelError);
     assert_eq!(t.error_kind.as_deref(), Some("model-timeout"));
-    assert!(t.error.as_deref().unwrap().contains("did not answer within 500ms"), "{:?}", t.error);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        t.error
+            .as_deref()
+            .unwrap()
+            .contains("did not answer within 500ms"),
+        "{:?}",
+        t.error
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(server.request_count(), 1, "timeouts are not retried");
 }
 
@@ -259,7 +290,10 @@ async fn a_slow_server_times_out() {
 async fn a_connection_closed_mid_response_is_retried() {
     let server = FakeServer::start(
         FakeConfig::default(),
-        Script::queue([FakeReply::CloseMidResponse, FakeReply::text("<answer>7</answer>")]),
+        Script::queue([
+            FakeReply::CloseMidResponse,
+            FakeReply::text("<answer>7</answer>"),
+        ]),
     )
     .await
     .unwrap();
@@ -272,7 +306,10 @@ async fn a_connection_closed_mid_response_is_retried() {
     assert_eq!((c.attempts, c.text.as_str()), (2, "<answer>7</answer>"));
     server.set_script(Script::handler(|_| FakeReply::CloseMidResponse));
     let err = model.complete(&req).await.unwrap_err();
-    assert!(matches!(err, ModelError::Connection { attempts: 4, .. }), "{err:?}");
+    assert!(
+        matches!(err, ModelError::Connection { attempts: 4, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains(&server.base_url()), "{err}");
 }
 
@@ -280,10 +317,20 @@ async fn a_connection_closed_mid_response_is_retried() {
 async fn unreachable_wrong_key_and_unknown_model_are_named() {
     let mut cfg = OpenAiConfig::new("http://127.0.0.1:1/v1", "m");
     cfg.backoff_base = Duration::from_millis(10);
-    let err = OpenAiModel::new(cfg).unwrap().preflight().await.unwrap_err();
-    assert!(matches!(err, ModelError::Unreachable { attempts: 1, .. }), "{err:?}");
+    let err = OpenAiModel::new(cfg)
+        .unwrap()
+        .preflight()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ModelError::Unreachable { attempts: 1, .. }),
+        "{err:?}"
+    );
     let text = err.to_string();
-    assert!(text.contains("http://127.0.0.1:1/v1") && text.contains("--base-url"), "{text}");
+    assert!(
+        text.contains("http://127.0.0.1:1/v1") && text.contains("--base-url"),
+        "{text}"
+    );
     assert!(err.is_fatal());
 
     let server = FakeServer::start(
@@ -298,13 +345,24 @@ async fn unreachable_wrong_key_and_unknown_model_are_named() {
     let mut cfg = OpenAiConfig::new(server.base_url(), "fake-model");
     cfg.api_key = Some("sk-wrong".into());
     cfg.api_key_env = "MY_KEY".into();
-    let err = OpenAiModel::new(cfg).unwrap().preflight().await.unwrap_err();
-    assert!(matches!(err, ModelError::Unauthorized { status: 401, .. }), "{err:?}");
+    let err = OpenAiModel::new(cfg)
+        .unwrap()
+        .preflight()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ModelError::Unauthorized { status: 401, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("$MY_KEY"), "{err}");
 
     let mut cfg = OpenAiConfig::new(server.base_url(), "no-such-model");
     cfg.api_key = Some("sk-right".into());
-    let err = OpenAiModel::new(cfg).unwrap().preflight().await.unwrap_err();
+    let err = OpenAiModel::new(cfg)
+        .unwrap()
+        .preflight()
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("does not know model `no-such-model`")
@@ -313,7 +371,11 @@ async fn unreachable_wrong_key_and_unknown_model_are_named() {
     );
     let mut cfg = OpenAiConfig::new(server.base_url(), "fake-model");
     cfg.api_key = Some("sk-right".into());
-    OpenAiModel::new(cfg).unwrap().preflight().await.expect("the right key works");
+    OpenAiModel::new(cfg)
+        .unwrap()
+        .preflight()
+        .await
+        .expect("the right key works");
     let sent = server.requests().last().unwrap().clone();
     assert_eq!(sent.authorization.as_deref(), Some("Bearer sk-right"));
     assert_eq!(sent.body["max_tokens"], 1);
@@ -347,11 +409,21 @@ async fn the_tools_scaffold_runs_python_calls_and_ends_with_the_answer_tool() {
     let t = &out.trajectory;
     assert_eq!(t.end_reason, EndReason::Answered, "{:?}", t.error);
     assert_eq!(t.prediction.as_deref(), Some("153"));
-    let tool_msgs: Vec<&Message> = t.conversation.iter().filter(|m| m.role == Role::Tool).collect();
+    let tool_msgs: Vec<&Message> = t
+        .conversation
+        .iter()
+        .filter(|m| m.role == Role::Tool)
+        .collect();
     assert_eq!(tool_msgs.len(), 2);
     assert_eq!(tool_msgs[0].content, "[stdout] 153\n");
     assert!(tool_msgs[1].content.contains("there is no tool `sql`"));
-    assert!(tool_msgs[0].tool_call_id.as_deref().unwrap().starts_with("call_"));
+    assert!(
+        tool_msgs[0]
+            .tool_call_id
+            .as_deref()
+            .unwrap()
+            .starts_with("call_")
+    );
     // The second request carried the assistant's tool call and the tool's result.
     let second = &server.requests()[1];
     let msgs = second.messages();
@@ -363,11 +435,15 @@ async fn the_tools_scaffold_runs_python_calls_and_ends_with_the_answer_tool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn figures_are_kept_and_sent_as_image_parts_with_multimodal() {
-    let plot = "<python>\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\n</python>";
+    let plot =
+        "<python>\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\n</python>";
     for multimodal in [false, true] {
         let server = FakeServer::start(
             FakeConfig::default(),
-            Script::queue([FakeReply::text(plot), FakeReply::text("<answer>done</answer>")]),
+            Script::queue([
+                FakeReply::text(plot),
+                FakeReply::text("<answer>done</answer>"),
+            ]),
         )
         .await
         .unwrap();
@@ -385,7 +461,11 @@ async fn figures_are_kept_and_sent_as_image_parts_with_multimodal() {
         if multimodal {
             let parts = sent["content"].as_array().expect("content parts");
             let url = parts[1]["image_url"]["url"].as_str().unwrap();
-            assert!(url.starts_with("data:image/png;base64,iVBOR"), "{}", &url[..40]);
+            assert!(
+                url.starts_with("data:image/png;base64,iVBOR"),
+                "{}",
+                &url[..40]
+            );
         } else {
             assert!(sent["content"].is_string(), "no image without --multimodal");
         }
@@ -410,8 +490,16 @@ async fn the_episode_budget_ends_a_stuck_episode_and_releases_its_sandbox() {
     let started = Instant::now();
     let out = episode_with(&client(&server), &React, &s, &task, &prompt).await;
     assert_eq!(out.trajectory.end_reason, EndReason::EpisodeTimeout);
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert_eq!(out.trajectory.conversation.len(), 3, "the conversation so far is kept");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        out.trajectory.conversation.len(),
+        3,
+        "the conversation so far is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,7 +527,10 @@ async fn a_sandbox_that_cannot_start_ends_the_episode_with_a_sandbox_error() {
     let out = run_episode(&ctx, &task, &prompt, 0, 0).await;
     assert_eq!(out.trajectory.end_reason, EndReason::SandboxError);
     let err = out.trajectory.error.unwrap();
-    assert!(err.contains("cannot start a sandbox for starter/busy-days#0"), "{err}");
+    assert!(
+        err.contains("cannot start a sandbox for starter/busy-days#0"),
+        "{err}"
+    );
     assert!(factory.live().is_empty());
 }
 
@@ -462,9 +553,11 @@ async fn the_client_is_a_judge_at_temperature_zero() {
     assert!(body.get("stop").is_none());
     // The OpenAI client itself is a judge too.
     let direct: &dyn Judge = &client(&server);
-    assert!(direct
-        .judge(&JudgeRequest::user("again".into()))
-        .await
-        .is_ok());
+    assert!(
+        direct
+            .judge(&JudgeRequest::user("again".into()))
+            .await
+            .is_ok()
+    );
     let _ = factory().info();
 }

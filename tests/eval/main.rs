@@ -73,10 +73,7 @@ pub fn require_root() {
 pub fn dsgym_root() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("DSBOX_DSGYM_DATA").map(PathBuf::from),
-        Some(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/data/dsgym"),
-        ),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dsgym")),
     ];
     candidates
         .into_iter()
@@ -93,7 +90,9 @@ pub fn registry(starter: &Path) -> SuiteRegistry {
 }
 
 pub fn starter_suite(starter: &Path) -> LoadedSuite {
-    registry(starter).load("starter").expect("load the starter suite")
+    registry(starter)
+        .load("starter")
+        .expect("load the starter suite")
 }
 
 /// A scratch directory under the target dir (removed on drop).

@@ -16,9 +16,13 @@ const CELL: Duration = Duration::from_secs(60);
 
 fn cgroup_exists(id: &str) -> bool {
     // The runtime puts sandboxes under .../dsbox/<id> in each hierarchy.
-    ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
-        .iter()
-        .any(|root| find_dir(Path::new(root), id, 6))
+    [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .any(|root| find_dir(Path::new(root), id, 6))
 }
 
 fn find_dir(dir: &Path, name: &str, depth: u32) -> bool {
@@ -92,7 +96,10 @@ print(sorted(res.items()))
 "#;
     let c = sb.execute(probe, CELL).await.expect("execute");
     let out = c.stdout();
-    assert!(out.contains("('write', 'OSError')") || out.contains("('write', 'PermissionError')"), "{out}");
+    assert!(
+        out.contains("('write', 'OSError')") || out.contains("('write', 'PermissionError')"),
+        "{out}"
+    );
     assert!(out.contains("('other_task_file', False)"), "{out}");
     assert!(out.contains("('submission', False)"), "{out}");
     assert!(out.contains("('secret', None)"), "{out}");
@@ -155,7 +162,9 @@ async fn prediction_tasks_get_a_writable_submission_and_files_move_both_ways() {
     assert_eq!(String::from_utf8(got).unwrap(), "a,b,c\n1,2,3\n");
     // A file larger than one transfer chunk, both ways.
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    sb.upload("/workdir/in/big.bin", &big).await.expect("upload");
+    sb.upload("/workdir/in/big.bin", &big)
+        .await
+        .expect("upload");
     let back = sb
         .download("/workdir/in/big.bin", 1 << 20)
         .await
@@ -196,7 +205,11 @@ async fn a_lost_kernel_is_replaced_and_a_timeout_keeps_state() {
     assert_eq!(name, "DeadKernelError");
     assert!(value.contains("code 7"), "{value}");
     let c = sb.execute("'x' in globals()", CELL).await.unwrap();
-    assert_eq!(c.result_text(), Some("False"), "state is gone after a restart");
+    assert_eq!(
+        c.result_text(),
+        Some("False"),
+        "state is gone after a restart"
+    );
     let after = factory.live();
     assert_eq!(after.len(), 1);
     assert_ne!(before, after, "a new sandbox replaced the old one");
@@ -230,7 +243,10 @@ async fn missing_data_files_are_reported_not_mounted() {
     assert!(request.data.is_empty());
     assert_eq!(request.missing, vec!["/data/custom/train.csv".to_string()]);
     let factory = factory();
-    let mut sb = factory.create(&request).await.expect("starts without the file");
+    let mut sb = factory
+        .create(&request)
+        .await
+        .expect("starts without the file");
     let c = sb
         .execute("import os\nos.path.exists('/data/custom/train.csv')", CELL)
         .await

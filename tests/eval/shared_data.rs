@@ -12,8 +12,8 @@ use dsbox_agent::model::{ChatRequest, Message, answer_from_last_output};
 use dsbox_agent::rundir::{self, ModelInfo, RunManifest, Selection};
 use dsbox_agent::sandbox::SandboxFactory;
 use dsbox_agent::{
-    EndReason, EpisodeSettings, EvalSetup, OpenAiConfig, OpenAiModel, PlannedItem, RunDir,
-    RunEnd, ScaffoldKind, run_eval,
+    EndReason, EpisodeSettings, EvalSetup, OpenAiConfig, OpenAiModel, PlannedItem, RunDir, RunEnd,
+    ScaffoldKind, run_eval,
 };
 use dsbox_tasks::{Metric, Prompts, Task};
 
@@ -149,7 +149,13 @@ async fn a_scripted_analyst_on_qrdata_and_daeval_scores_what_the_metrics_say() {
 
     let mut scores = BTreeMap::new();
     for r in &report.records {
-        assert_eq!(r.end_reason, EndReason::Answered, "{}: {:?}", r.sample_id, r.error);
+        assert_eq!(
+            r.end_reason,
+            EndReason::Answered,
+            "{}: {:?}",
+            r.sample_id,
+            r.error
+        );
         let task = tasks.iter().find(|t| t.id == r.sample_id).unwrap();
         // The recorded score is the metric's verdict on the recorded answer.
         let expected = Metric::for_task(task)
@@ -160,10 +166,9 @@ async fn a_scripted_analyst_on_qrdata_and_daeval_scores_what_the_metrics_say() {
         assert_eq!(r.score, Some(expected), "{}", r.sample_id);
         scores.insert(r.sample_id.clone(), expected);
         // And the answer came from the sandbox: it is in the last observation.
-        let traj: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(out.path().join(&r.trajectory_file)).unwrap(),
-        )
-        .unwrap();
+        let traj: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.path().join(&r.trajectory_file)).unwrap())
+                .unwrap();
         let conv = traj["conversation"].as_array().unwrap();
         let obs = conv[conv.len() - 2]["content"].as_str().unwrap();
         assert!(
@@ -188,5 +193,8 @@ async fn a_scripted_analyst_on_qrdata_and_daeval_scores_what_the_metrics_say() {
         serde_json::from_slice(&std::fs::read(out.path().join("metrics.json")).unwrap()).unwrap();
     assert!((metrics["overall"]["mean"].as_f64().unwrap() - 11.0 / 12.0).abs() < 1e-12);
     let csv = std::fs::read_to_string(out.path().join("summary.csv")).unwrap();
-    assert!(csv.lines().any(|l| l.starts_with("daeval,6,1,6,6,0.8333")), "{csv}");
+    assert!(
+        csv.lines().any(|l| l.starts_with("daeval,6,1,6,6,0.8333")),
+        "{csv}"
+    );
 }

@@ -156,8 +156,10 @@ pub struct Completion {
 pub trait Model: Send + Sync {
     /// The model's name as the server knows it.
     fn name(&self) -> &str;
-    fn complete<'a>(&'a self, request: &'a ChatRequest)
-    -> BoxFuture<'a, Result<Completion, ModelError>>;
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>>;
 }
 
 impl<M: Model + ?Sized> Model for Arc<M> {

@@ -546,7 +546,8 @@ fn push_message_json(out: &mut Vec<Value>, m: &Message, multimodal: bool) {
         Role::Tool => {
             out.push(json!({"role": "tool", "tool_call_id": m.tool_call_id.clone().unwrap_or_default(), "content": m.content}));
             if !images.is_empty() {
-                let mut parts = vec![json!({"type": "text", "text": "Figures from the tool call above:"})];
+                let mut parts =
+                    vec![json!({"type": "text", "text": "Figures from the tool call above:"})];
                 parts.extend(images);
                 out.push(json!({"role": "user", "content": parts}));
             }
@@ -658,7 +659,10 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
     let day: i64 = day.parse().ok()?;
     let year: i64 = year.parse().ok()?;
-    let hms: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     let [h, m, sec] = hms.as_slice() else {
         return None;
     };
@@ -728,7 +732,10 @@ mod tests {
         user.images.push(img.clone());
         let mut out = Vec::new();
         push_message_json(&mut out, &user, true);
-        assert_eq!(out[0]["content"][1]["image_url"]["url"], "data:image/png;base64,AAAA");
+        assert_eq!(
+            out[0]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AAAA"
+        );
         let mut tool = Message::tool("c1", "done");
         tool.images.push(img);
         let mut out = Vec::new();

@@ -191,7 +191,10 @@ mod tests {
     fn program() -> Program {
         Program {
             matches: vec!["mean of x".into()],
-            cells: vec!["x = [1, 2, 3]".into(), "print('ANSWER:', sum(x) / 3)".into()],
+            cells: vec![
+                "x = [1, 2, 3]".into(),
+                "print('ANSWER:', sum(x) / 3)".into(),
+            ],
         }
     }
 
@@ -208,12 +211,14 @@ mod tests {
         let c = model.complete(&req).await.unwrap();
         assert_eq!(c.text, "<python>\nx = [1, 2, 3]\n</python>");
         req.messages.push(Message::assistant(c.text));
-        req.messages.push(Message::user("<information></information>"));
+        req.messages
+            .push(Message::user("<information></information>"));
         let c = model.complete(&req).await.unwrap();
         assert!(c.text.contains("sum(x) / 3"));
         req.messages.push(Message::assistant(c.text));
-        req.messages
-            .push(Message::user("<information>[stdout] ANSWER: 2.0\n</information>"));
+        req.messages.push(Message::user(
+            "<information>[stdout] ANSWER: 2.0\n</information>",
+        ));
         let c = model.complete(&req).await.unwrap();
         assert_eq!(c.text, "<answer>2.0</answer>");
         assert!(c.usage.prompt_tokens > 0);

@@ -9,10 +9,10 @@
 //! by a new sandbox before the next cell, as DSGym's manager restarts its kernel: the
 //! cell's error item says the state is lost.
 
+use std::collections::BTreeSet;
 use std::io::Read as _;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -286,9 +286,7 @@ async fn start(
     live: &LiveSet,
     request: &SandboxRequest,
 ) -> Result<Running> {
-    let spec = config
-        .spec(request)
-        .map_err(|e| start_error(request, e))?;
+    let spec = config.spec(request).map_err(|e| start_error(request, e))?;
     let (parent, child) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| start_error(request, format!("socketpair: {e}")))?;
     let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -326,9 +324,13 @@ async fn start(
             .write_all(&program)
             .await
             .map_err(|e| format!("sending the kernel program: {e}"))?;
-        KernelClient::connect(stream, Arc::new(InitInterrupt(pidfd)), config.client.clone())
-            .await
-            .map_err(|e| e.to_string())
+        KernelClient::connect(
+            stream,
+            Arc::new(InitInterrupt(pidfd)),
+            config.client.clone(),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
     .await;
     match connected {
@@ -416,14 +418,15 @@ impl ColdSandbox {
             label: label.clone(),
             detail: "an earlier restart failed".into(),
         })?;
-        let mut result = running
-            .client
-            .execute(code, timeout)
-            .await
-            .map_err(|e| SandboxError::Failed {
-                label: label.clone(),
-                detail: e.to_string(),
-            })?;
+        let mut result =
+            running
+                .client
+                .execute(code, timeout)
+                .await
+                .map_err(|e| SandboxError::Failed {
+                    label: label.clone(),
+                    detail: e.to_string(),
+                })?;
         if let dsbox_kernel::CellStatus::KernelLost(reason) = &result.status {
             let reason = reason.clone();
             let old = self.running.take().map(|r| r.sandbox);

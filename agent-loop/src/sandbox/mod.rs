@@ -100,8 +100,11 @@ pub struct BackendInfo {
 pub trait CodeSandbox: Send {
     /// Run one cell. `Err` only when the cell could not run at all; a cell that raised,
     /// timed out or killed its kernel is an `Ok` result whose items say so.
-    fn execute<'a>(&'a mut self, code: &'a str, timeout: Duration)
-    -> BoxFuture<'a, Result<CellResult>>;
+    fn execute<'a>(
+        &'a mut self,
+        code: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<CellResult>>;
 
     /// Write a file inside the sandbox (e.g. under /workdir).
     fn upload<'a>(&'a mut self, path: &'a str, data: &'a [u8]) -> BoxFuture<'a, Result<()>>;
@@ -115,8 +118,10 @@ pub trait CodeSandbox: Send {
 
 /// Makes one sandbox per episode.
 pub trait SandboxFactory: Send + Sync {
-    fn create<'a>(&'a self, request: &'a SandboxRequest)
-    -> BoxFuture<'a, Result<Box<dyn CodeSandbox>>>;
+    fn create<'a>(
+        &'a self,
+        request: &'a SandboxRequest,
+    ) -> BoxFuture<'a, Result<Box<dyn CodeSandbox>>>;
 
     fn info(&self) -> BackendInfo;
 }

@@ -16,7 +16,9 @@ use dsbox_agent::sandbox::SandboxFactory;
 use dsbox_agent::{EpisodeSettings, EvalSetup, Model, RunDir, RunObserver, ScaffoldKind};
 use dsbox_tasks::{DataRoot, SuiteRegistry};
 
-use super::eval::{SandboxArgs, check_out_dir, cold_factory, default_out, drive, finish, prompts, runtime, select};
+use super::eval::{
+    SandboxArgs, check_out_dir, cold_factory, default_out, drive, finish, prompts, runtime, select,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -126,10 +128,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         settings: settings.clone(),
         k: 1,
         suites: selected.suites.iter().map(|s| s.def.name.clone()).collect(),
-        selection: Selection {
-            limit: None,
-            ids,
-        },
+        selection: Selection { limit: None, ids },
         data_root: root.clone(),
         backend: factory.info(),
         concurrency: args.concurrency.max(1),
@@ -148,8 +147,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = runtime()?;
     let observer: Arc<dyn RunObserver> = Arc::from(observer_for_stderr());
-    let report = drive(&rt, dir, &manifest, selected.items, Vec::new(), setup, observer)
-        .context("the demo run")?;
+    let report = drive(
+        &rt,
+        dir,
+        &manifest,
+        selected.items,
+        Vec::new(),
+        setup,
+        observer,
+    )
+    .context("the demo run")?;
     let code = finish(&report, &out, args.json, "dsbox demo")?;
     eprintln!(
         "\nEvaluate a real model the same way (any OpenAI-compatible server: vLLM, SGLang, llama.cpp, Ollama, OpenAI):\n  dsbox eval --suite starter --model MODEL --base-url http://localhost:8000/v1\n  (API key from $OPENAI_API_KEY, or name the variable with --api-key-env)"

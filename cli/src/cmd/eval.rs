@@ -131,9 +131,7 @@ pub struct EvalArgs {
 
 fn parse_k(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
-        Ok(0) => Err(
-            "--k must be at least 1 (it is the number of trajectories per task)".into(),
-        ),
+        Ok(0) => Err("--k must be at least 1 (it is the number of trajectories per task)".into()),
         Ok(k) => Ok(k),
         Err(_) => Err(format!("`{s}` is not a whole number")),
     }
@@ -335,7 +333,13 @@ pub(crate) fn default_out(name: &str) -> PathBuf {
         .to_owned();
     let slug: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     PathBuf::from("dsbox-runs").join(format!("{stamp}-{slug}"))
 }
@@ -486,7 +490,10 @@ fn judge_for(
         return Ok(Arc::new(ModelJudge(model.clone())));
     }
     let js = ModelSettings {
-        base_url: args.judge_base_url.clone().unwrap_or_else(|| s.base_url.clone()),
+        base_url: args
+            .judge_base_url
+            .clone()
+            .unwrap_or_else(|| s.base_url.clone()),
         model: args.judge_model.clone().unwrap_or_else(|| s.model.clone()),
         temperature: Some(0.0),
         top_p: None,
@@ -504,7 +511,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 
 fn start(args: EvalArgs) -> anyhow::Result<ExitCode> {
     if args.suite.is_empty() {
-        bail!("give the suites to run with --suite (e.g. --suite qrdata,daeval); `dsbox tasks suites` lists them");
+        bail!(
+            "give the suites to run with --suite (e.g. --suite qrdata,daeval); `dsbox tasks suites` lists them"
+        );
     }
     let Some(model_name) = args.model.clone() else {
         bail!("give the model's name with --model (as the server knows it)");
@@ -523,7 +532,9 @@ fn start(args: EvalArgs) -> anyhow::Result<ExitCode> {
         bail!("--temperature {t} is out of range: use 0 to 2");
     }
     let settings = EpisodeSettings {
-        max_turns: args.max_turns.unwrap_or(dsbox_agent::protocol::DEFAULT_MAX_TURNS),
+        max_turns: args
+            .max_turns
+            .unwrap_or(dsbox_agent::protocol::DEFAULT_MAX_TURNS),
         cell_timeout: duration("cell-timeout", &args.cell_timeout)?
             .context("--cell-timeout cannot be `none`")?,
         episode_budget: duration("episode-timeout", &args.episode_timeout)?,
@@ -602,12 +613,24 @@ fn start(args: EvalArgs) -> anyhow::Result<ExitCode> {
         retry_errors: false,
     };
     let observer: Arc<dyn RunObserver> = Arc::from(observer_for_stderr());
-    let report = drive(&rt, dir, &manifest, selected.items, Vec::new(), setup, observer)?;
+    let report = drive(
+        &rt,
+        dir,
+        &manifest,
+        selected.items,
+        Vec::new(),
+        setup,
+        observer,
+    )?;
     finish(&report, &out, args.source.json, "dsbox eval")
 }
 
 /// A flag given with --resume must agree with the run (or be left out).
-fn same<T: PartialEq + std::fmt::Debug>(flag: &str, given: Option<T>, run: T) -> anyhow::Result<()> {
+fn same<T: PartialEq + std::fmt::Debug>(
+    flag: &str,
+    given: Option<T>,
+    run: T,
+) -> anyhow::Result<()> {
     match given {
         Some(g) if g != run => bail!(
             "--{flag} {g:?} differs from the run's {run:?}: --resume continues a run with its own settings; drop --{flag} or start a new run"
@@ -618,7 +641,9 @@ fn same<T: PartialEq + std::fmt::Debug>(flag: &str, given: Option<T>, run: T) ->
 
 fn resume(args: EvalArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     if args.out.is_some() {
-        bail!("--out and --resume exclude each other: --resume continues the run in its own directory");
+        bail!(
+            "--out and --resume exclude each other: --resume continues the run in its own directory"
+        );
     }
     let opened = RunDir::open(dir)?;
     let manifest = opened.manifest.clone();
@@ -632,7 +657,11 @@ fn resume(args: EvalArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     same("k", args.k, manifest.k)?;
     same("scaffold", args.scaffold, manifest.scaffold)?;
     same("max-turns", args.max_turns, manifest.settings.max_turns)?;
-    same("temperature", args.temperature, manifest.model.temperature.unwrap_or(0.0))?;
+    same(
+        "temperature",
+        args.temperature,
+        manifest.model.temperature.unwrap_or(0.0),
+    )?;
     if !args.suite.is_empty() {
         same("suite", Some(args.suite.clone()), manifest.suites.clone())?;
     }
@@ -740,7 +769,11 @@ pub fn bench(args: BenchEvalArgs) -> anyhow::Result<ExitCode> {
     let prompts = prompts(None)?;
     let (suite, source) = match reg.load("qrdata") {
         Ok(s) if !s.tasks.is_empty() => {
-            let source = format!("qrdata ({})", root.as_deref().map_or_else(|| "data root".into(), |p| p.display().to_string()));
+            let source = format!(
+                "qrdata ({})",
+                root.as_deref()
+                    .map_or_else(|| "data root".into(), |p| p.display().to_string())
+            );
             (s, source)
         }
         _ => {
