@@ -5,6 +5,7 @@
 
 mod cli;
 mod episodes;
+mod run;
 mod sandbox;
 mod shared_data;
 

@@ -63,6 +63,11 @@ pub fn answer_from_last_output(request: &ChatRequest) -> Option<String> {
 }
 
 impl ScriptedModel {
+    /// The reply to `request`, computed synchronously (what `complete` returns).
+    pub fn respond(&self, request: &ChatRequest) -> Result<Completion, ModelError> {
+        (self.reply)(request)
+    }
+
     /// A model whose reply text to each request is `reply(request)`.
     pub fn new(
         name: impl Into<String>,
