@@ -32,6 +32,13 @@ fn items(suite: &LoadedSuite, ids: Option<&[&str]>) -> Vec<PlannedItem> {
         .collect()
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    New,
+    Resume,
+    ResumeRetryErrors,
+}
+
 async fn run(
     out: &std::path::Path,
     items: Vec<PlannedItem>,
@@ -39,9 +46,10 @@ async fn run(
     judge: Option<Arc<dyn Judge>>,
     concurrency: usize,
     observer: Arc<dyn RunObserver>,
-    resume: bool,
-    retry_errors: bool,
+    mode: Mode,
 ) -> RunReport {
+    let resume = mode != Mode::New;
+    let retry_errors = mode == Mode::ResumeRetryErrors;
     let suites: Vec<String> = {
         let mut s: Vec<String> = items.iter().map(|i| i.task.suite.clone()).collect();
         s.dedup();
@@ -110,8 +118,7 @@ async fn llm_judge_metrics_are_scored_by_the_judge() {
         Some(judge),
         2,
         Arc::new(Quiet),
-        false,
-        false,
+        Mode::New,
     )
     .await;
     let by_id = |id: &str| report.records.iter().find(|r| r.sample_id == id).unwrap();
@@ -136,8 +143,7 @@ async fn llm_judge_metrics_are_scored_by_the_judge() {
         None,
         2,
         Arc::new(Quiet),
-        false,
-        false,
+        Mode::New,
     )
     .await;
     assert!(report.records.iter().all(|r| r.score.is_none()));
@@ -199,8 +205,7 @@ async fn retry_errors_redoes_only_the_trajectories_that_failed() {
         None,
         3,
         Arc::new(Quiet),
-        false,
-        false,
+        Mode::New,
     )
     .await;
     assert!(matches!(report.end, RunEnd::Completed));
@@ -223,8 +228,7 @@ async fn retry_errors_redoes_only_the_trajectories_that_failed() {
         None,
         3,
         Arc::new(Quiet),
-        true,
-        false,
+        Mode::Resume,
     )
     .await;
     assert_eq!(report.new_records, 0);
@@ -239,8 +243,7 @@ async fn retry_errors_redoes_only_the_trajectories_that_failed() {
         None,
         3,
         Arc::new(Quiet),
-        true,
-        true,
+        Mode::ResumeRetryErrors,
     )
     .await;
     assert_eq!(report.new_records, 1);
@@ -293,8 +296,7 @@ async fn at_most_concurrency_episodes_run_at_once() {
         None,
         3,
         obs.clone(),
-        false,
-        false,
+        Mode::New,
     )
     .await;
     assert_eq!(report.records.len(), 12);
