@@ -998,3 +998,45 @@ fn the_cpu_quota_is_written_to_the_sandbox_cgroup() {
     assert_eq!(quota.len(), 1, "{paths:?}");
     assert!(quota[0].starts_with("50000"), "{quota:?}");
 }
+
+#[test]
+fn sandboxes_started_from_several_threads_at_once_all_work_and_leave_nothing() {
+    require_root();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut cgroups = Vec::new();
+                for i in 0..25 {
+                    let spec = SandboxSpec::builder()
+                        .with_command(["/bin/sh", "-c", &format!("exit {}", (t * 25 + i) % 7)])
+                        .with_memory(64 << 20)
+                        .with_pids(16)
+                        .build()
+                        .unwrap();
+                    let mut sb = Sandbox::spawn(
+                        &spec,
+                        SpawnOptions {
+                            stdin: Stdio::Null,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                    cgroups.extend(sb.cgroup_paths());
+                    assert_eq!(sb.wait().unwrap().code(), ((t * 25 + i) % 7) as i32);
+                    sb.destroy().unwrap();
+                }
+                cgroups
+            })
+        })
+        .collect();
+    let cgroups: Vec<PathBuf> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(
+        cgroups.len(),
+        4 * 25 * 2,
+        "memory and pids leaves for each sandbox"
+    );
+    assert!(cgroups.iter().all(|c| !c.exists()));
+}
