@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use dsbox_tasks::{Judge, RenderedPrompt, Task};
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::episode::{EpisodeContext, EpisodeSettings, run_episode};
@@ -139,7 +139,9 @@ pub async fn run_eval(
     };
     observer.start(manifest.planned_trajectories(), &tally.records);
 
-    let mut running: JoinSet<Finished> = JoinSet::new();
+    // Each task hands its permit back with its result, so a new episode starts only once
+    // the finished one is accounted for.
+    let mut running: JoinSet<(Finished, OwnedSemaphorePermit)> = JoinSet::new();
     let mut queue = todo.into_iter().peekable();
     let mut cancel_open = true;
     loop {
@@ -181,8 +183,8 @@ pub async fn run_eval(
                 let dir = dir.clone();
                 let root = root.clone();
                 running.spawn(async move {
-                    let _permit = permit;
-                    one(item, j, setup, scaffold, settings, artifacts, dir, root).await
+                    let finished = one(item, j, setup, scaffold, settings, artifacts, dir, root).await;
+                    (finished, permit)
                 });
             }
         }
@@ -230,7 +232,9 @@ impl Tally {
         matches!(self.end, Some(RunEnd::Interrupted)) || self.write_error.is_some()
     }
 
-    fn handle(&mut self, result: Result<Finished, tokio::task::JoinError>) {
+    fn handle(&mut self, result: Result<(Finished, OwnedSemaphorePermit), tokio::task::JoinError>) {
+        // The permit is released when this returns.
+        let result = result.map(|(finished, _permit)| finished);
         match result {
             Ok(Finished::Recorded(rec)) => {
                 self.observer.trajectory_finished(&rec);

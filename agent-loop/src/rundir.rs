@@ -647,3 +647,163 @@ pub fn write_summaries(
     write_atomic(&path, &bytes)?;
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::episode::{EndReason, EpisodeTimings};
+    use crate::model::Usage;
+
+    fn manifest() -> RunManifest {
+        RunManifest {
+            format: FORMAT,
+            dsbox_version: "test".into(),
+            created: now_rfc3339(),
+            model: ModelInfo {
+                name: "m".into(),
+                kind: "scripted".into(),
+                base_url: None,
+                temperature: None,
+                top_p: None,
+                max_tokens: None,
+            },
+            scaffold: ScaffoldKind::React,
+            settings: EpisodeSettings::default(),
+            k: 2,
+            suites: vec!["s".into()],
+            selection: Selection::default(),
+            data_root: None,
+            backend: BackendInfo {
+                backend: "cold".into(),
+                rootfs: "r".into(),
+                rootfs_hash: "sha256:0".into(),
+            },
+            concurrency: 1,
+            tasks: vec![PlannedTask {
+                id: "s/a".into(),
+                suite: "s".into(),
+                index: 0,
+            }],
+            notes: vec![],
+        }
+    }
+
+    fn record(id: &str, trajectory: u32, score: f64) -> ResultRecord {
+        ResultRecord {
+            sample_id: id.into(),
+            dataset: "s".into(),
+            query: "q".into(),
+            ground_truth: Some("1".into()),
+            prediction: Some("1".into()),
+            metrics: BTreeMap::new(),
+            execution_time: 1.0,
+            total_turns: 2,
+            success: true,
+            index: 0,
+            trajectory,
+            score: Some(score),
+            end_reason: EndReason::Answered,
+            error: None,
+            error_kind: None,
+            tokens: Usage::default(),
+            timings: EpisodeTimings::default(),
+            cells: 1,
+            cell_timeouts: 0,
+            trajectory_file: trajectory_file("s", 0, trajectory),
+            images: vec![],
+            submission: None,
+            model: "m".into(),
+            finished_at: now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn a_directory_holds_one_run_and_one_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let run = RunDir::create(&dir, &manifest()).unwrap();
+        // Held by `run`: neither a second start nor a resume may write here.
+        assert!(matches!(
+            RunDir::open(&dir).unwrap_err(),
+            RunError::Locked { pid: Some(p), .. } if p == std::process::id()
+        ));
+        drop(run);
+        let err = RunDir::create(&dir, &manifest()).unwrap_err();
+        assert!(matches!(err, RunError::RunExists { .. }), "{err}");
+        assert!(err.to_string().contains("--resume"));
+        // Other files: not a run directory.
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("x"), "x").unwrap();
+        assert!(matches!(
+            RunDir::create(&other, &manifest()).unwrap_err(),
+            RunError::NotEmpty { .. }
+        ));
+        assert!(!other.join(MANIFEST).exists());
+        assert!(matches!(
+            RunDir::open(&other).unwrap_err(),
+            RunError::NotARun { .. }
+        ));
+    }
+
+    #[test]
+    fn a_half_written_line_is_dropped_and_later_lines_supersede() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let mut run = RunDir::create(&dir, &manifest()).unwrap();
+        run.append_result(&record("s/a", 0, 0.0)).unwrap();
+        run.append_result(&record("s/a", 1, 1.0)).unwrap();
+        run.append_result(&record("s/a", 0, 1.0)).unwrap();
+        drop(run);
+        let path = dir.join(RESULTS);
+        let complete = std::fs::read(&path).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"sample_id":"s/a","traj"#).unwrap();
+        drop(f);
+        let opened = RunDir::open(&dir).unwrap();
+        assert!(opened.dropped_partial_line);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            complete,
+            "cut back to the last newline"
+        );
+        assert_eq!(opened.records.len(), 2);
+        assert_eq!(opened.records[0].key(), ("s/a".to_string(), 0));
+        assert_eq!(opened.records[0].score, Some(1.0), "the later line wins");
+        drop(opened);
+        // A corrupt complete line is an error that names the line, not silently skipped.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.insert_str(0, "not json\n");
+        std::fs::write(&path, text).unwrap();
+        let err = RunDir::open(&dir).unwrap_err();
+        assert!(matches!(err, RunError::Corrupt { line: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn summaries_are_written_atomically_and_agree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = manifest();
+        let records = vec![record("s/a", 0, 1.0), record("s/a", 1, 0.0)];
+        let metrics = write_summaries(tmp.path(), &m, &records).unwrap();
+        assert!(metrics.complete);
+        assert_eq!(metrics.overall.mean, 0.5);
+        assert_eq!(metrics.overall.max_at_k, 1.0);
+        assert_eq!(metrics.overall.pass_at["pass@1"], 0.5);
+        assert_eq!(metrics.overall.pass_at["pass@2"], 1.0);
+        let csv = std::fs::read_to_string(tmp.path().join(SUMMARY)).unwrap();
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("s,1,2,2,2,0.5000,1.0000,0.5000,1.0000,1,"),
+            "{csv}"
+        );
+        // No temp files are left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}
