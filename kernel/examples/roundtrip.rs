@@ -20,6 +20,17 @@ use std::sync::Arc;
 use dsbox_kernel::zygote::{JoinPlan, SpawnFds, Zygote, ZygoteConfig};
 use dsbox_kernel::{ClientConfig, KernelClient, KernelControl, StandaloneConfig, StandaloneKernel};
 
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 struct NoInterrupt;
 
 impl KernelControl for NoInterrupt {
@@ -65,6 +76,30 @@ async fn zygote_figures(
         assert_eq!(cell.result_text(), Some("2"));
         client.shutdown().await?;
     }
+    // Memory: `live` children alive at once, each after one `1+1`; PSS summed from
+    // /proc/<pid>/smaps_rollup (shared pages split between the processes sharing them).
+    let live = 100;
+    let mut clients = Vec::with_capacity(live);
+    let mut pids = Vec::with_capacity(live);
+    for _ in 0..live {
+        let spawned = zygote.spawn(&plan, SpawnFds::default()).await?;
+        pids.push(spawned.pid);
+        let mut client = KernelClient::connect(
+            spawned.channel,
+            Arc::new(NoInterrupt),
+            ClientConfig::default(),
+        )
+        .await?;
+        client.execute("1+1", Duration::from_secs(10)).await?;
+        clients.push(client);
+    }
+    let pss_kib: u64 = pids.iter().map(|pid| pss_kib(*pid)).sum();
+    eprintln!(
+        "{live} live kernels from the zygote: {:.1} MiB PSS in total, {:.2} MiB each (zygote not counted)",
+        pss_kib as f64 / 1024.0,
+        pss_kib as f64 / 1024.0 / live as f64
+    );
+    drop(clients);
     zygote.shutdown().await?;
     let mut fresh = Vec::new();
     for _ in 0..count.min(10) {

@@ -110,6 +110,26 @@ _repr = repr
 _KFILE = (lambda: 0).__code__.co_filename
 
 
+def _load_fflush():
+    try:
+        import ctypes
+        fflush = ctypes.CDLL(None).fflush
+        fflush.argtypes = [ctypes.c_void_p]
+        return fflush
+    except Exception:  # no ctypes/libc: C-level stdio buffers are flushed at exit only
+        return None
+
+
+# Done at import, i.e. once in the zygote before it forks: in a child these would write
+# to hundreds of shared pages (a regex compile, dlopen bookkeeping).
+_FFLUSH = _load_fflush()
+import warnings  # noqa: E402
+
+# A cell that forces matplotlib's Agg backend and calls plt.show() would warn; the kernel
+# sends its figures anyway at the end of the cell.
+warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+
+
 class _UsageError(Exception):
     """A magic was misused or is unknown (reported as an error item named UsageError)."""
 
@@ -326,13 +346,7 @@ class Kernel:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None)
-            self._fflush = libc.fflush
-            self._fflush.argtypes = [ctypes.c_void_p]
-        except Exception:  # no ctypes/libc: C-level stdio buffers are flushed at exit only
-            self._fflush = None
+        self._fflush = _FFLUSH
 
         self.out_w = _Writer(self, "stdout", 1)
         self.err_w = _Writer(self, "stderr", 2)
@@ -350,9 +364,6 @@ class Kernel:
 
         os.environ.setdefault("MPLBACKEND", "module://" + MPL_BACKEND_MODULE)
         sys.meta_path.append(_MplFinder(self))
-        import warnings
-        warnings.filterwarnings(
-            "ignore", message=".*non-interactive, and thus cannot be shown")
 
         signal.signal(signal.SIGINT, self._on_sigint)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
