@@ -136,6 +136,11 @@ pub struct StartResult {
     pub self_reported_ready: Stats,
     /// The runtime's own request → exit-seen timestamps (compare with `sandbox`).
     pub self_reported_exit: Stats,
+    /// An empty shell (`process: None`, what kernels join): spawn until ready, then
+    /// destroy. `shell_rate_per_s` is the sequential create+destroy rate.
+    pub shell_spawn: Stats,
+    pub shell_spawn_destroy: Stats,
+    pub shell_rate_per_s: f64,
     pub overhead_p50_ms: f64,
     pub overhead_p99_ms: f64,
     pub ratio_p50: f64,
@@ -163,6 +168,12 @@ impl StartResult {
         s += &row("sandbox, incl. cleanup", &self.sandbox_with_cleanup);
         s += &row("self-reported ready", &self.self_reported_ready);
         s += &row("self-reported exit", &self.self_reported_exit);
+        s += &row("shell spawn (ready)", &self.shell_spawn);
+        s += &row("shell spawn + destroy", &self.shell_spawn_destroy);
+        s += &format!(
+            "  shells created and destroyed: {:.0}/s (sequential)\n",
+            self.shell_rate_per_s
+        );
         s += &format!(
             "  overhead p50 {:.3} ms, p99 {:.3} ms (target p50 <= {} ms: {})\n",
             self.overhead_p50_ms,
@@ -295,6 +306,20 @@ pub fn run(cfg: &StartConfig) -> Result<StartResult, StartBenchError> {
             steps.entry(name).or_default().push(at as f64 / 1e6);
         }
     }
+    // Shells: what the kernel crate creates for every kernel.
+    let mut shell_spec = SandboxSpec::default();
+    shell_spec.limits.memory = Some(512 << 20);
+    shell_spec.limits.pids = Some(256);
+    let (mut shell_ready, mut shell_total) = (vec![], vec![]);
+    let shells_started = Instant::now();
+    for _ in 0..cfg.runs {
+        let t = Instant::now();
+        let sb = Sandbox::spawn(&shell_spec, SpawnOptions::default())?;
+        shell_ready.push(ms(t.elapsed()));
+        sb.destroy()?;
+        shell_total.push(ms(t.elapsed()));
+    }
+    let shell_rate_per_s = cfg.runs as f64 / shells_started.elapsed().as_secs_f64();
     let baseline = Stats::from_ms(base);
     let sandbox = Stats::from_ms(sb);
     let mut profile: Vec<StepProfile> = steps
@@ -319,6 +344,9 @@ pub fn run(cfg: &StartConfig) -> Result<StartResult, StartBenchError> {
         baseline,
         sandbox,
         sandbox_with_cleanup: Stats::from_ms(sbc),
+        shell_spawn: Stats::from_ms(shell_ready),
+        shell_spawn_destroy: Stats::from_ms(shell_total),
+        shell_rate_per_s,
         self_reported_ready: Stats::from_ms(ready),
         self_reported_exit: Stats::from_ms(exit),
         profile,
