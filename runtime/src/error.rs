@@ -32,11 +32,11 @@ pub enum Error {
         reason: String,
         hint: &'static str,
     },
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("sandbox {id}: {op} failed: {errno}")]
     Sys {

@@ -8,10 +8,10 @@ use crate::spec::{Network, SandboxSpec};
 /// Errors writing id maps.
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {error}", path.display())]
     IdMap {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -64,7 +64,7 @@ pub fn write_id_maps(pid: i32, sandbox_uid: u32, sandbox_gid: u32) -> Result<(),
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let write = |name: &str, text: &str| {
         let path = PathBuf::from(format!("/proc/{pid}/{name}"));
-        std::fs::write(&path, text).map_err(|source| NamespaceError::IdMap { path, source })
+        std::fs::write(&path, text).map_err(|error| NamespaceError::IdMap { path, error })
     };
     if euid != 0 {
         write("setgroups", "deny")?;

@@ -14,10 +14,10 @@ use crate::spec::{
 /// Errors reading an OCI bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} is not a valid OCI runtime config: {message}", path.display())]
     Parse { path: PathBuf, message: String },
@@ -67,9 +67,9 @@ fn as_u64(v: &Value, field: &str) -> Result<u64> {
 /// Read `<bundle>/config.json` into a spec.
 pub fn from_bundle(bundle: &Path) -> Result<SandboxSpec> {
     let path = bundle.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| OciError::Read {
+    let text = std::fs::read_to_string(&path).map_err(|error| OciError::Read {
         path: path.clone(),
-        source,
+        error,
     })?;
     from_config(&text, bundle, &path)
 }

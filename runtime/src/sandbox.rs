@@ -218,6 +218,12 @@ pub fn cgroup_system() -> &'static CgroupSystem {
     &host().cgroups
 }
 
+/// Does this process run as root (euid 0)? Without root, sandboxes use a user namespace
+/// and cgroups only where a parent was delegated.
+pub fn runtime_is_root() -> bool {
+    host().euid == 0
+}
+
 /// DSBOX_PROFILE=1: timestamp every mount operation and payload step (read once, in
 /// the parent).
 fn profile() -> bool {
@@ -400,10 +406,10 @@ impl Sandbox {
                             .read(true)
                             .write(true)
                             .open("/dev/null")
-                            .map_err(|source| Error::Io {
+                            .map_err(|error| Error::Io {
                                 op: "open",
                                 path: "/dev/null".into(),
-                                source,
+                                error,
                             })
                     );
                     tri!(dup_above(null.as_raw_fd(), min))
@@ -521,7 +527,8 @@ impl Sandbox {
                     return Err(start::StartError::NoCgroups { reason });
                 }
                 Err(e) if !spec.require.contains(&Protection::Cgroup) && no_limits => {
-                    tracing::warn!("running without a cgroup: {e}");
+                    // Nothing was asked of the cgroup; say so only in the debug log.
+                    tracing::debug!("running without a cgroup: {e}");
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -1039,3 +1039,40 @@ fn sandboxes_started_from_several_threads_at_once_all_work_and_leave_nothing() {
     );
     assert!(cgroups.iter().all(|c| !c.exists()));
 }
+
+#[test]
+fn an_unprivileged_user_gets_a_user_namespace_sandbox_with_the_same_protections() {
+    require_root();
+    // Copies of the binaries that uid 1000 can reach (the target dir may be private).
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dsbox_copy = dir.path().join("dsbox");
+    let probe_copy = dir.path().join("probe");
+    std::fs::copy(dsbox_tests::dsbox_bin(), &dsbox_copy).unwrap();
+    std::fs::copy(probe_bin(), &probe_copy).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(&dsbox_copy)
+        .args(["run", "--ro", &format!("{}:/probe", probe_copy.display())])
+        .args(["--", "/probe", "report", "--read", "/etc/shadow"])
+        .output()
+        .expect("setpriv (util-linux) runs dsbox as uid 1000");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let j = parse_last_json(&out.stdout);
+    assert_eq!(j["uid"], 1000);
+    for set in ["cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"] {
+        assert_eq!(j[set], "0000000000000000", "{set}: {j}");
+    }
+    assert_eq!(j["seccomp"], "2");
+    assert_eq!(j["no_new_privs"], "1");
+    assert_eq!(j["syscalls"]["mount"], "EPERM");
+    assert_eq!(j["reads"]["/etc/shadow"], "ENOENT");
+    assert_eq!(j["interfaces"], serde_json::json!(["lo"]));
+    // Without cgroups it says so instead of pretending to limit anything.
+    assert!(
+        stderr(&out).contains("no default memory and pids limits"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -128,16 +128,18 @@ fn build_spec(args: &RunArgs) -> anyhow::Result<SandboxSpec> {
     let defaults = args.oci_bundle.is_none()
         && {
             let cgroups = dsbox_runtime::sandbox::cgroup_system();
-            let ok = !matches!(
+            let available = !matches!(
                 cgroups,
                 dsbox_runtime::cgroups::CgroupSystem::Unavailable { .. }
             );
-            if !ok {
+            let usable = available
+                && (dsbox_runtime::sandbox::runtime_is_root() || args.cgroup_parent.is_some());
+            if !usable {
                 eprintln!(
-                    "dsbox: warning: no cgroups here, so no default memory and pids limits (see `dsbox doctor`)"
+                    "dsbox: warning: no usable cgroups (not root, or none mounted), so no default memory and pids limits; see `dsbox doctor`"
                 );
             }
-            ok
+            usable
         };
     match (&args.mem, defaults) {
         (Some(m), _) => spec.limits.memory = Some(parse_size(m)?),

@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 /// Errors creating, limiting, inspecting or removing cgroups.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cannot {op} {}: {source}{}", path.display(), hint(source))]
+    #[error("cannot {op} {}: {error}{}", path.display(), hint(error))]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cgroup {} still has processes after kill; retry `dsbox gc` in a moment", path.display())]
     Busy { path: PathBuf },
@@ -43,7 +43,7 @@ pub type Result<T> = std::result::Result<T, CgroupError>;
 
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
     let path = path.to_owned();
-    move |source| CgroupError::Io { op, path, source }
+    move |error| CgroupError::Io { op, path, error }
 }
 
 /// The limits a sandbox cgroup enforces.

@@ -14,10 +14,10 @@ use crate::syscall::{Errno, Syscall};
 /// Errors loading a seccomp policy.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("cannot read seccomp policy {}: {source}", path.display())]
+    #[error("cannot read seccomp policy {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("seccomp policy {} does not compile: {message}; see runtime/seccomp/default.json for the format", path.display())]
     Compile { path: PathBuf, message: String },
@@ -91,9 +91,9 @@ pub fn default_program() -> BpfProgram {
 
 /// Compile a user policy file (seccompiler JSON; every filter in it applies).
 pub fn compile_file(path: &Path) -> Result<BpfProgram, SeccompError> {
-    let text = std::fs::read(path).map_err(|source| SeccompError::Read {
+    let text = std::fs::read(path).map_err(|error| SeccompError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     compile_json(&text, path)
 }
