@@ -298,6 +298,8 @@ pub struct Sandbox {
     payload_status: Option<i32>,
     killed: Option<KillReason>,
     report: Option<ExitReport>,
+    /// The middle process when it had not exited by `Ready` (reaped in `destroy`).
+    middle_pending: Option<i32>,
     init_reaped: bool,
     join: JoinPlan,
     destroyed: bool,
@@ -601,6 +603,7 @@ impl Sandbox {
             payload_status: None,
             killed: None,
             report: None,
+            middle_pending: started.middle_pending,
             init_reaped: false,
             join,
             destroyed: false,
@@ -948,6 +951,9 @@ impl Sandbox {
             }
         }
         self.cgroup_procs.clear();
+        if let Some(middle) = self.middle_pending.take() {
+            start::waitpid_blocking(middle);
+        }
         if let Some(cg) = &self.cgroup {
             if !self.pidns {
                 let _ = cg.kill_all();

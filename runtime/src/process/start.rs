@@ -63,6 +63,8 @@ pub struct Started {
     pub ready_ns: u64,
     /// An `ExecFailed` that arrived before `Ready`.
     pub exec_failed: Option<i32>,
+    /// The middle process, if it had not exited yet (reap it later).
+    pub middle_pending: Option<i32>,
 }
 
 /// Duplicate `fd` to the lowest free number >= `min`, close-on-exec.
@@ -79,7 +81,8 @@ pub fn dup_above(fd: RawFd, min: RawFd) -> Result<OwnedFd, StartError> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-fn waitpid_blocking(pid: i32) -> Option<i32> {
+/// Reap `pid` (our child), waiting for it.
+pub fn waitpid_blocking(pid: i32) -> Option<i32> {
     let mut status = 0;
     loop {
         // SAFETY: status is a valid out-pointer; pid is our own child.
@@ -192,9 +195,17 @@ pub fn start(
     let mut ready: Option<(Option<i32>, u64)> = None;
     loop {
         if let (Some(init), Some((payload_pid, ready_ns))) = (init_pid, ready) {
+            // The middle process exits right after reporting init's pid; reap it if it
+            // is gone already, else leave it to `Sandbox::destroy` (no waiting here).
+            let mut middle_pending = None;
             if init != middle {
-                // The middle process exits right after cloning init.
-                waitpid_blocking(middle);
+                let mut status = 0;
+                // SAFETY: status is a valid out-pointer; middle is our child.
+                if unsafe { libc::waitpid(middle, &mut status, libc::WNOHANG | libc::__WALL) }
+                    != middle
+                {
+                    middle_pending = Some(middle);
+                }
             }
             let pidfd = match pidfd_open(init) {
                 Ok(fd) => fd,
@@ -213,6 +224,7 @@ pub fn start(
                 forked_ns,
                 ready_ns,
                 exec_failed,
+                middle_pending,
             });
         }
         let msg = match parent.recv() {
