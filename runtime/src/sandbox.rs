@@ -811,6 +811,17 @@ impl Sandbox {
         }
     }
 
+    /// The middle process is long gone by now; reaping it releases its pids-cgroup charge.
+    fn reap_middle_if_gone(&mut self) {
+        if let Some(middle) = self.middle_pending {
+            let mut status = 0;
+            // SAFETY: status is a valid out-pointer; middle is our child.
+            if unsafe { libc::waitpid(middle, &mut status, libc::WNOHANG | libc::__WALL) } != 0 {
+                self.middle_pending = None;
+            }
+        }
+    }
+
     /// waitpid for init (blocking). Returns the wait status, or None if it was reaped
     /// already (by us, or by someone else's `waitpid(-1)`).
     fn reap_init(&mut self) -> Option<i32> {
@@ -835,6 +846,7 @@ impl Sandbox {
 
     fn finish(&mut self, init_status: Option<i32>) -> ExitReport {
         let exited_ns = monotonic_ns();
+        self.reap_middle_if_gone();
         let status = match (self.pidns, self.payload_status, init_status) {
             (true, Some(s), _) => ExitStatus::from_wait(s),
             (_, _, Some(s)) => ExitStatus::from_wait(s),
