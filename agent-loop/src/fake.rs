@@ -228,6 +228,15 @@ impl Drop for FakeServer {
 impl FakeServer {
     /// Listen on 127.0.0.1 (a free port) and serve until dropped.
     pub async fn start(config: FakeConfig, script: Script) -> std::io::Result<FakeServer> {
+        FakeServer::start_on(0, config, script).await
+    }
+
+    /// Listen on 127.0.0.1:`port` (0: a free port) and serve until dropped.
+    pub async fn start_on(
+        port: u16,
+        config: FakeConfig,
+        script: Script,
+    ) -> std::io::Result<FakeServer> {
         let shared = Arc::new(Shared {
             config,
             script: Mutex::new(script),
@@ -237,7 +246,7 @@ impl FakeServer {
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

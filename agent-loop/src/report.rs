@@ -127,6 +127,9 @@ fn by_task(records: &[ResultRecord]) -> BTreeMap<(String, usize, String), Vec<&R
             .or_default()
             .push(r);
     }
+    for rs in m.values_mut() {
+        rs.sort_by_key(|r| r.trajectory);
+    }
     m
 }
 

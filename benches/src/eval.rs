@@ -55,6 +55,8 @@ pub struct EvalBenchConfig {
     pub concurrency: usize,
     /// How many of the tasks the baseline runs (the figure is per task); all by default.
     pub baseline_tasks: Option<usize>,
+    /// Keep the dsbox run's directory here (default: a temporary one, removed).
+    pub keep_run: Option<std::path::PathBuf>,
 }
 
 /// One side of the comparison.
@@ -179,8 +181,12 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
         .map_err(EvalBenchError::Runtime)?;
 
     // --- dsbox: the whole pipeline into a scratch run directory ---
-    let dir = std::env::temp_dir().join(format!("dsbox-bench-eval-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = cfg.keep_run.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("dsbox-bench-eval-{}", std::process::id()))
+    });
+    if cfg.keep_run.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let manifest = RunManifest {
         format: rundir::FORMAT,
         dsbox_version: env!("CARGO_PKG_VERSION").into(),
@@ -237,7 +243,9 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
         rx,
     ));
     let dsbox_wall = started.elapsed();
-    let _ = std::fs::remove_dir_all(&dir);
+    if cfg.keep_run.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let report = report?;
     if !matches!(report.end, RunEnd::Completed) || report.records.len() != items.len() {
         return Err(EvalBenchError::Incomplete {

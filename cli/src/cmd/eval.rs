@@ -758,6 +758,9 @@ pub struct BenchEvalArgs {
     pub store: Option<PathBuf>,
     #[arg(long)]
     pub no_build: bool,
+    /// Keep the dsbox side's run directory here (for `dsbox report`); must not exist.
+    #[arg(long, value_name = "DIR")]
+    pub keep_run: Option<PathBuf>,
     /// Print the full result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -809,7 +812,11 @@ pub fn bench(args: BenchEvalArgs) -> anyhow::Result<ExitCode> {
         cold: ColdConfig::from_rootfs(&rootfs),
         concurrency: args.concurrency,
         baseline_tasks: args.baseline_tasks,
+        keep_run: args.keep_run.clone(),
     };
+    if let Some(dir) = &args.keep_run {
+        check_out_dir(dir)?;
+    }
     eprintln!(
         "dsbox bench eval: {} tasks from {}, concurrency {}; then the baseline",
         cfg.items.len(),
