@@ -541,3 +541,45 @@ async fn demo_runs_without_a_key_and_report_renders_the_run() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("holds no dsbox run"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_eval_measures_both_sides() {
+    let dir = scratch();
+    let starter = dir.path().join("starter");
+    let _ = starter_suite(&starter);
+    let (store, _) = store_and_profiles();
+    let _ = rootfs();
+    let mut cmd = Command::new(dsbox_tests::dsbox_bin());
+    cmd.args([
+        "bench",
+        "eval",
+        "--tasks",
+        "14",
+        "--baseline-tasks",
+        "2",
+        "--json",
+    ])
+    .args(["--rootfs", ROOTFS, "--store"])
+    .arg(&store)
+    // No data root: the starter suite, repeated to 14 tasks.
+    .args(["--data-root", "/nonexistent-dsgym"])
+    .env("DSBOX_STARTER_DIR", &starter)
+    .stdin(Stdio::null());
+    let o = output(cmd).await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(
+        r["source"]
+            .as_str()
+            .unwrap()
+            .contains("starter suite repeated"),
+        "{r}"
+    );
+    assert_eq!(r["dsbox"]["tasks"], 14);
+    assert_eq!(r["dsbox"]["cells"], 42);
+    assert_eq!(r["baseline"]["tasks"], 2);
+    assert_eq!(r["baseline"]["cells"], 6);
+    assert!(r["ratio"].as_f64().unwrap() > 0.0);
+    assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(r["baseline_cell"]["p50_ms"].as_f64().unwrap() > 0.0);
+}
