@@ -35,8 +35,10 @@ pub struct DemoArgs {
     /// Root filesystem of the sandboxes (built on first use).
     #[arg(long, default_value = "analysis")]
     pub rootfs: String,
+    /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Fail instead of building a missing rootfs.
     #[arg(long)]
     pub no_build: bool,
     /// Episodes at once.

@@ -62,6 +62,7 @@ pub struct EvalArgs {
     /// Sampling temperature. Default: 0 for k = 1, 0.8 for k > 1 (as the reference).
     #[arg(long)]
     pub temperature: Option<f64>,
+    /// Nucleus sampling (default: the server's).
     #[arg(long)]
     pub top_p: Option<f64>,
     /// Completion tokens per reply.
@@ -70,7 +71,7 @@ pub struct EvalArgs {
     /// Model replies per episode (the reference's default is 15).
     #[arg(long, value_parser = parse_positive_u32)]
     pub max_turns: Option<u32>,
-    /// Episodes at once.
+    /// Episodes at once (default 8; --resume keeps the run's unless given).
     #[arg(long, value_parser = parse_positive_usize)]
     pub concurrency: Option<usize>,
     /// Run directory (default: dsbox-runs/<time>-<model>).
@@ -752,10 +753,13 @@ pub struct BenchEvalArgs {
     /// ../shared/data/dsgym).
     #[arg(long, value_name = "DIR")]
     pub data_root: Option<PathBuf>,
+    /// Root filesystem of the sandboxes (built on first use when it is a profile).
     #[arg(long, default_value = "analysis")]
     pub rootfs: String,
+    /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Fail instead of building a missing rootfs.
     #[arg(long)]
     pub no_build: bool,
     /// Keep the dsbox side's run directory here (for `dsbox report`); must not exist.
