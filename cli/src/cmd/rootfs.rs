@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use dsbox_rootfs::{
     Base, BuildOptions, EnsureOptions, InstallerChoice, ProfileSet, Progress, Rootfs, Store,
 };
@@ -363,11 +362,10 @@ fn verify(store: &Store, name: &str) -> anyhow::Result<ExitCode> {
 /// The rootfs `name` for commands that run code (`run --rootfs`, `exec`, `eval`, `serve`,
 /// `demo`): built on first use with a progress bar when `name` is a profile, unless
 /// `no_build`.
-#[allow(dead_code, reason = "the lead wires it into run/exec/eval/serve/demo")]
 pub fn ensure_rootfs(name: &str, store: Option<&Path>, no_build: bool) -> anyhow::Result<Rootfs> {
     let mut opts = EnsureOptions::new(Store::locate(store));
     opts.build_missing = !no_build;
-    dsbox_rootfs::ensure(name, &opts, &Progress::auto()).with_context(|| format!("rootfs `{name}`"))
+    Ok(dsbox_rootfs::ensure(name, &opts, &Progress::auto())?)
 }
 
 fn short_hash(hash: &str) -> String {

@@ -23,10 +23,17 @@ const PASSTHROUGH_ENV: &[&str] = &["TERM", "TZ", "LANG", "LC_ALL"];
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Root filesystem: a directory, or `host` (read-only binds of the host's /usr, /bin,
-    /// /lib*, /sbin and an /etc subset).
-    #[arg(long, value_name = "DIR|host", default_value = "host")]
+    /// Root filesystem: `host` (read-only binds of the host's /usr, /bin, /lib*, /sbin and
+    /// an /etc subset), a directory (a path with a `/`), or the name of a built rootfs or
+    /// profile from the store (e.g. `analysis`; built on first use unless --no-build).
+    #[arg(long, value_name = "host|DIR|NAME", default_value = "host")]
     rootfs: String,
+    /// Fail instead of building a rootfs that is not in the store yet.
+    #[arg(long)]
+    no_build: bool,
+    /// The rootfs store [default: $DSBOX_STORE or ~/.local/share/dsbox/rootfs].
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
     /// Memory limit, e.g. 512M or 2G [default: 1G].
     #[arg(long, value_name = "SIZE")]
     mem: Option<String>,
@@ -79,29 +86,51 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-/// Where a `--rootfs` value becomes a root. `host` and directories are handled here; a
-/// bare name will be resolved through the rootfs store by dsbox-rootfs (issue 3) at this
-/// seam.
-fn resolve_rootfs(value: &str) -> anyhow::Result<Root> {
+/// Where a `--rootfs` value becomes a root plus the binds it needs: `host`, a directory
+/// (any value with a `/`, or an existing directory of that name), else a rootfs name or
+/// profile resolved through the store (the env is bound at /opt/dsbox/env).
+fn resolve_rootfs(args: &RunArgs) -> anyhow::Result<(Root, Vec<Mount>)> {
+    let value = args.rootfs.as_str();
     if value == "host" {
-        return Ok(Root::Host);
+        return Ok((Root::Host, Vec::new()));
     }
     let path = PathBuf::from(value);
-    if value.contains('/') || path.exists() {
-        return Ok(Root::Dir(path));
+    if value.contains('/') {
+        anyhow::ensure!(
+            path.is_dir(),
+            "rootfs directory {} does not exist: pass an existing directory, `host`, or a rootfs name (see `dsbox rootfs list`)",
+            path.display()
+        );
+        return Ok((Root::Dir(path), Vec::new()));
     }
-    anyhow::bail!(
-        "rootfs `{value}` is neither `host` nor an existing directory (rootfs names from the store are not supported by `dsbox run` yet): pass a directory or `host`"
-    )
+    if path.is_dir() {
+        return Ok((Root::Dir(path), Vec::new()));
+    }
+    let rootfs = super::rootfs::ensure_rootfs(value, args.store.as_deref(), args.no_build)?;
+    Ok(match &rootfs.layout {
+        dsbox_rootfs::RootfsLayout::Host { env_dir } => (
+            Root::Host,
+            vec![Mount::Bind {
+                source: env_dir.clone(),
+                destination: PathBuf::from(dsbox_rootfs::ENV_PATH),
+                readonly: true,
+            }],
+        ),
+        dsbox_rootfs::RootfsLayout::Dir { root } => (Root::Dir(root.clone()), Vec::new()),
+    })
 }
 
 fn build_spec(args: &RunArgs) -> anyhow::Result<SandboxSpec> {
     let mut spec = match &args.oci_bundle {
         Some(bundle) => dsbox_runtime::oci::from_bundle(bundle)?,
-        None => SandboxSpec {
-            root: resolve_rootfs(&args.rootfs)?,
-            ..SandboxSpec::default()
-        },
+        None => {
+            let (root, mounts) = resolve_rootfs(args)?;
+            SandboxSpec {
+                root,
+                mounts,
+                ..SandboxSpec::default()
+            }
+        }
     };
     if !args.command.is_empty() || args.oci_bundle.is_none() {
         let process = spec.process.get_or_insert_with(ProcessSpec::default);
