@@ -561,3 +561,60 @@ async fn the_client_is_a_judge_at_temperature_zero() {
     );
     let _ = factory().info();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_caps_requests_in_flight() {
+    let server = FakeServer::start(
+        FakeConfig::default(),
+        Script::handler(|_| {
+            FakeReply::delayed(
+                Duration::from_millis(300),
+                FakeReply::text("<answer>1</answer>"),
+            )
+        }),
+    )
+    .await
+    .unwrap();
+    let req = ChatRequest {
+        messages: vec![Message::user("hi")],
+        ..ChatRequest::default()
+    };
+    for (limit, at_least, below) in [(1usize, 1150u64, 5000u64), (4, 250, 1100)] {
+        let mut cfg = OpenAiConfig::new(server.base_url(), "fake-model");
+        cfg.max_concurrent = limit;
+        let model = OpenAiModel::new(cfg).unwrap();
+        let started = Instant::now();
+        let calls = (0..4).map(|_| model.complete(&req));
+        let results = futures_join_all(calls).await;
+        let took = started.elapsed().as_millis() as u64;
+        assert!(results.iter().all(Result::is_ok));
+        assert!(
+            (at_least..below).contains(&took),
+            "limit {limit}: 4 requests of 300 ms took {took} ms"
+        );
+    }
+}
+
+/// Await all futures concurrently (tokio has no join_all for a Vec).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
