@@ -5,7 +5,8 @@ never over stdin/stdout, so user prints cannot corrupt the protocol. Frames are 
 big-endian length followed by a UTF-8 JSON body (at most MAX_FRAME bytes).
 
 Runtime -> kernel:  {"type":"execute","id":N,"code":"..."}  |  {"type":"shutdown"}
-Kernel -> runtime:  {"type":"hello","protocol":1,"pid":P,"python":"3.11.2"} once, then
+Kernel -> runtime:  {"type":"hello","protocol":1,"pid":P,"python":"3.11.2"[,"timing":{...}]}
+                    once, then
                     per cell any number of stream/result/display_data/error items and a
                     final {"type":"done","id":N,"status":"ok"|"error"|"interrupted",...}.
 
@@ -29,6 +30,7 @@ import builtins as _builtins_module
 # cell that does `del builtins.len` or `builtins.print = None` cannot break the kernel.
 __builtins__ = dict(_builtins_module.__dict__)
 
+import _thread
 import ast
 import base64
 import io
@@ -327,6 +329,7 @@ class Kernel:
         self.cells = []
         self.ns = None
         self._fflush = None
+        self.timing = None
 
     # ----------------------------------------------------------------- setup
 
@@ -368,12 +371,21 @@ class Kernel:
         signal.signal(signal.SIGINT, self._on_sigint)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
-        old = threading.stack_size(256 << 10)
+        self._mark("setup")
+        # A raw thread: threading.Thread.start() would wait until the new thread runs,
+        # which on a busy machine delays the hello by milliseconds. The reader needs no
+        # handshake (it only waits on the pipes and the wakeup fd).
+        old = _thread.stack_size(256 << 10)
         try:
-            t = threading.Thread(target=self._reader, name="dsbox-output", daemon=True)
-            t.start()
+            _thread.start_new_thread(self._reader, ())
         finally:
-            threading.stack_size(old)
+            _thread.stack_size(old)
+        self._mark("reader_thread")
+
+    def _mark(self, step):
+        """Record when a start step ended (reported in the hello of a zygote child)."""
+        if self.timing is not None:
+            self.timing.setdefault("steps", []).append((step, time.monotonic_ns()))
 
     @staticmethod
     def _stdio_to_devnull():
@@ -634,8 +646,11 @@ class Kernel:
     # ---------------------------------------------------------------- cells
 
     def serve_forever(self):
-        self.frames.append(_frame({"type": "hello", "protocol": PROTOCOL,
-                                   "pid": _os_getpid(), "python": sys.version.split()[0]}))
+        hello = {"type": "hello", "protocol": PROTOCOL, "pid": _os_getpid(),
+                 "python": sys.version.split()[0]}
+        if self.timing is not None:
+            hello["timing"] = dict(self.timing, ready_ns=time.monotonic_ns())
+        self.frames.append(_frame(hello))
         with self.lock:
             self._send_locked()
         while True:
@@ -1381,9 +1396,14 @@ def _writefile(kernel, arg, body):
 
 # -------------------------------------------------------------------- entry points
 
-def serve(channel_fd):
-    """Serve cells on `channel_fd` until the runtime closes the channel. Never returns."""
+def serve(channel_fd, timing=None):
+    """Serve cells on `channel_fd` until the runtime closes the channel. Never returns.
+
+    `timing`: CLOCK_MONOTONIC timestamps (ns) of the steps before serve (the zygote
+    child's fork and join), sent with the hello together with the moment it is sent.
+    """
     kernel = Kernel(channel_fd)
+    kernel.timing = timing
     kernel.setup()
     try:
         kernel.serve_forever()

@@ -9,7 +9,7 @@ Runtime -> zygote:
   {"type":"ping","id":N}          {"type":"shutdown"}
 Zygote -> runtime:
   {"type":"ready","pid":P,"python":"3.11.2","preloaded":[...],"failed":[[name,error]]}
-  {"type":"spawned","id":N,"pid":P}
+  {"type":"spawned","id":N,"pid":P,"pidfd":true} + the child's pidfd
   {"type":"spawn_failed","id":N,"step":S,"errno":E,"detail":D}
   {"type":"exited","id":N,"pid":P,"code":C|null,"signal":S|null}
   {"type":"pong","id":N,"children":K}      {"type":"error","detail":D}
@@ -29,6 +29,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 # Threads a BLAS or OpenMP runtime would start make fork() unsafe; pin them to one.
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -110,7 +111,8 @@ def preload(modules, kernel):
     """Import the kernel's modules and `modules`; returns [[name, error], ...]."""
     import importlib
     failed = []
-    names = list(kernel.PRELOAD) + ["random"] + list(modules)
+    # `resource`: the join's rlimits step; the rest: what the kernel uses.
+    names = list(kernel.PRELOAD) + ["random", "resource"] + list(modules)
     if "matplotlib" in modules:
         # What users import, and the backend children render with.
         names += ["matplotlib.pyplot", "matplotlib.backends.backend_agg"]
@@ -119,6 +121,14 @@ def preload(modules, kernel):
             importlib.import_module(name)
         except Exception as e:
             failed.append([name, "%s: %s" % (type(e).__name__, e)])
+    # Warm the join's reseed step here once (numpy's first seed() imports and builds
+    # what every later one reuses); children reseed from the OS again.
+    try:
+        sys.modules["random"].seed()
+        if "numpy.random" in sys.modules:
+            sys.modules["numpy.random"].seed()
+    except Exception:
+        pass
     gc.collect()
     gc.freeze()  # preloaded objects stay out of GC passes: no copy-on-write from the GC
     return failed
@@ -159,13 +169,14 @@ def _check_plan(plan):
         raise JoinError("plan", errno.EINVAL, "seccomp_bpf is not a string")
 
 
-def join(plan, channel, pidfd=None, cgroup_fds=(), sys_=None):
+def join(plan, channel, pidfd=None, cgroup_fds=(), sys_=None, steps=None):
     """Apply a JoinPlan in this (freshly forked, single-threaded) process.
 
     Returns the channel's new fd (3). Raises JoinError naming the failed step; its
     `channel` attribute is the channel's fd at that point (it moves to 3 on the way).
+    `steps`: a list that receives (step, CLOCK_MONOTONIC ns) as each step ends.
     """
-    where = {"channel": channel}
+    where = {"channel": channel, "steps": steps}
     try:
         return _join(plan, where, pidfd, cgroup_fds, sys_ or Sys())
     except JoinError as e:
@@ -179,6 +190,9 @@ def join(plan, channel, pidfd=None, cgroup_fds=(), sys_=None):
 
 def _join(plan, where, pidfd, cgroup_fds, s):
     channel = where["channel"]
+    steps = where["steps"]
+    mark = (lambda name: steps.append((name, time.monotonic_ns()))) if steps is not None \
+        else (lambda name: None)
     _check_plan(plan)
 
     # 1. cgroup: before anything else, so every later allocation is charged to it.
@@ -188,18 +202,21 @@ def _join(plan, where, pidfd, cgroup_fds, s):
         except OSError as e:
             raise JoinError("cgroup", e.errno)
 
+    mark("cgroup")
     # 2. The sandbox's namespaces (pid was entered by the zygote before fork).
     if plan["namespaces"]:
         if pidfd is None:
             raise JoinError("setns", errno.EBADF, "namespaces to join but no pidfd")
         s.setns("setns", pidfd, plan["namespaces"])
 
+    mark("setns")
     # 3. Working directory (setns into a mount namespace moved us to its root).
     try:
         os.chdir(plan["cwd"])
     except OSError as e:
         raise JoinError("chdir", e.errno, plan["cwd"])
 
+    mark("chdir")
     # 4. Only the channel survives, as fd 3; fds 0-2 are /dev/null until serve().
     try:
         if channel != 3:
@@ -215,6 +232,7 @@ def _join(plan, where, pidfd, cgroup_fds, s):
     except OSError as e:
         raise JoinError("close_fds", e.errno)
 
+    mark("close_fds")
     # 5. Environment: exactly the plan's.
     try:
         os.environ.clear()
@@ -223,6 +241,7 @@ def _join(plan, where, pidfd, cgroup_fds, s):
     except OSError as e:
         raise JoinError("env", e.errno)
 
+    mark("env")
     # 6. rlimits.
     if plan["rlimits"]:
         import resource
@@ -234,6 +253,7 @@ def _join(plan, where, pidfd, cgroup_fds, s):
                 raise JoinError("rlimits", getattr(e, "errno", None) or errno.EINVAL,
                                 "resource %d" % res)
 
+    mark("rlimits")
     # 7. Fresh random state: every child of the zygote would otherwise draw the same numbers.
     try:
         if "random" in sys.modules:
@@ -244,10 +264,12 @@ def _join(plan, where, pidfd, cgroup_fds, s):
     except OSError as e:
         raise JoinError("reseed", e.errno)
 
+    mark("reseed")
     # 8. landlock.
     if plan.get("landlock") is not None:
         _landlock(s, plan["landlock"])
 
+    mark("landlock")
     # 9. Capabilities: bounding set and ambient set first (they need CAP_SETPCAP).
     if plan["drop_capabilities"]:
         for cap in range(64):
@@ -263,6 +285,7 @@ def _join(plan, where, pidfd, cgroup_fds, s):
             if e.errno != errno.EINVAL:  # EINVAL: kernel without ambient capabilities
                 raise
 
+    mark("capbset")
     # 10. Identity.
     for step, fn in (("setgroups", lambda: os.setgroups([])),
                      ("setresgid", lambda: os.setresgid(plan["gid"], plan["gid"], plan["gid"])),
@@ -272,20 +295,24 @@ def _join(plan, where, pidfd, cgroup_fds, s):
         except OSError as e:
             raise JoinError(step, e.errno)
 
+    mark("ids")
     # 11. Nothing left in the effective, permitted or inheritable sets.
     if plan["drop_capabilities"]:
         header = ctypes.create_string_buffer(struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0))
         data = ctypes.create_string_buffer(24)
         s.syscall("capset", "capset", header, data)
 
+    mark("capset")
     # 12. no_new_privs.
     if plan["no_new_privs"]:
         s.prctl("no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
 
+    mark("no_new_privs")
     # 13. seccomp, last: every step above needed syscalls the filter may block.
     bpf = plan.get("seccomp_bpf")
     if bpf:
         _seccomp(s, bpf)
+    mark("seccomp")
     return channel
 
 
@@ -364,6 +391,7 @@ class Zygote:
         self.children = {}
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.sys = Sys()
+        self.received_ns = 0
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -417,6 +445,7 @@ class Zygote:
             msg, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, MAX_FDS)
         except InterruptedError:
             return True
+        self.received_ns = time.monotonic_ns()
         if not msg:
             return False  # the runtime closed the control socket
         try:
@@ -471,6 +500,7 @@ class Zygote:
             self.send({"type": "spawn_failed", "id": sid, "step": e.step, "errno": e.errno,
                        "detail": e.detail})
             return
+        fork_ns = time.monotonic_ns()
         try:
             pid = os.fork()
         except OSError as e:
@@ -490,19 +520,38 @@ class Zygote:
                        "detail": ""})
             return
         if pid == 0:
-            self.child(plan, channel, pidfd, cgroups)  # never returns
+            # The zygote's side of this spawn, reported with the child's join steps.
+            self.child(plan, channel, pidfd, cgroups,
+                       [("zygote_received", self.received_ns), ("zygote_fork", fork_ns)])
         for fd in fds:
             os.close(fd)
         self.children[pid] = sid
-        self.send({"type": "spawned", "id": sid, "pid": pid})
+        # A pidfd opened before this loop can reap the child refers to exactly this
+        # child: the runtime signals it without racing pid reuse.
+        try:
+            child_fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            child_fd = None
+        msg = json.dumps({"type": "spawned", "id": sid, "pid": pid,
+                          "pidfd": child_fd is not None}, separators=(",", ":")).encode()
+        try:
+            if child_fd is None:
+                self.sock.send(msg)
+            else:
+                socket.send_fds(self.sock, [msg], [child_fd])
+        finally:
+            if child_fd is not None:
+                os.close(child_fd)
 
-    def child(self, plan, channel, pidfd, cgroups):
+    def child(self, plan, channel, pidfd, cgroups, steps=None):
+        forked_ns = time.monotonic_ns()
+        steps = list(steps or ())
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             gc.enable()
-            channel = join(plan, channel, pidfd, cgroups, self.sys)
+            channel = join(plan, channel, pidfd, cgroups, self.sys, steps)
         except JoinError as e:
             report_join_error(getattr(e, "channel", channel), e.step, e.errno, e.detail)
             os._exit(111)
@@ -510,7 +559,9 @@ class Zygote:
             report_join_error(channel, "internal", 0, "%s: %s" % (type(e).__name__, e))
             os._exit(112)
         try:
-            self.kernel.serve(channel)
+            # CLOCK_MONOTONIC is the runtime's clock too: the hello carries these.
+            self.kernel.serve(channel, {"forked_ns": forked_ns,
+                                        "joined_ns": time.monotonic_ns(), "steps": steps})
         finally:
             os._exit(0)
 

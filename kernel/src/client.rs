@@ -17,8 +17,8 @@ use tokio::net::UnixStream;
 
 use crate::output::{OutputCaps, OutputCollector, OutputItem, Truncation};
 use crate::protocol::{
-    DoneStatus, FrameReader, KernelMessage, MAX_KERNEL_FRAME, PROTOCOL_VERSION, ProtocolError,
-    Request, StreamName, encode_request,
+    DoneStatus, FrameReader, HelloTiming, KernelMessage, MAX_KERNEL_FRAME, PROTOCOL_VERSION,
+    ProtocolError, Request, StreamName, encode_request,
 };
 
 /// What the owner of a kernel process does for the client.
@@ -231,6 +231,10 @@ pub struct KernelInfo {
     pub pid: u32,
     /// The kernel's Python version, e.g. "3.11.2".
     pub python: String,
+    /// A zygote child's own timestamps (untrusted; for measurements).
+    pub timing: Option<HelloTiming>,
+    /// CLOCK_MONOTONIC when the runtime received the hello (ns).
+    pub hello_received_ns: u64,
 }
 
 /// An async client of one kernel. One cell at a time (`&mut self`).
@@ -285,6 +289,8 @@ impl KernelClient {
             info: KernelInfo {
                 pid: 0,
                 python: String::new(),
+                timing: None,
+                hello_received_ns: 0,
             },
             lost: None,
         };
@@ -297,11 +303,17 @@ impl KernelClient {
                 protocol,
                 pid,
                 python,
+                timing,
             }) => {
                 if protocol != PROTOCOL_VERSION {
                     return Err(KernelError::ProtocolVersion { got: protocol });
                 }
-                client.info = KernelInfo { pid, python };
+                client.info = KernelInfo {
+                    pid,
+                    python,
+                    timing,
+                    hello_received_ns: dsbox_runtime::process::message::monotonic_ns(),
+                };
                 Ok(client)
             }
             Some(KernelMessage::JoinError {

@@ -27,9 +27,14 @@
 //! ```
 
 pub mod client;
+pub mod files;
 pub mod output;
+pub mod pool;
 pub mod protocol;
+pub mod sandbox;
 pub mod standalone;
+pub mod supervisor;
+pub mod template;
 pub mod zygote;
 
 pub use client::{
@@ -37,8 +42,14 @@ pub use client::{
     KernelInfo, LostReason, Result,
 };
 pub use output::{OutputCaps, OutputCollector, OutputItem, Truncation};
+pub use pool::{
+    KernelManager, KernelTimings, ManagerConfig, SandboxError, Template, TemplateStats,
+};
 pub use protocol::{MimeBundle, StreamName};
+pub use sandbox::{AcquireOptions, AcquireTimings, DataMount, SandboxKernel};
 pub use standalone::{StandaloneConfig, StandaloneKernel};
+pub use supervisor::ZygoteState;
+pub use template::{KernelLimits, TemplateConfig, TemplateRootfs};
 
 /// The kernel program (Python, stdlib only). Run it as a script with
 /// `--channel-fd N`, or import it and call `serve(fd)` (the zygote does).

@@ -94,6 +94,23 @@ pub struct KernelTiming {
     pub run_us: u64,
 }
 
+/// A zygote child's CLOCK_MONOTONIC timestamps (ns; the same clock as the runtime's,
+/// namespaces do not change it): first instruction after fork, join done, hello sent.
+/// Untrusted like everything from a kernel: for measurements only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloTiming {
+    pub forked_ns: u64,
+    pub joined_ns: u64,
+    pub ready_ns: u64,
+    /// When each join step ended (at most [`MAX_TIMING_STEPS`]).
+    #[serde(default)]
+    pub steps: Vec<(String, u64)>,
+}
+
+/// Join steps a hello may report.
+pub const MAX_TIMING_STEPS: usize = 32;
+
 /// A message from a kernel to the runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -103,6 +120,9 @@ pub enum KernelMessage {
         protocol: u32,
         pid: u32,
         python: String,
+        /// A zygote child's own timestamps (absent for standalone kernels).
+        #[serde(default)]
+        timing: Option<HelloTiming>,
     },
     /// Text written to stdout or stderr (Python-level or fd-level).
     Stream {
@@ -167,9 +187,15 @@ impl KernelMessage {
         let kind = self.kind();
         let bad = |reason: String| Err(ProtocolError::InvalidField { kind, reason });
         match self {
-            KernelMessage::Hello { python, .. } => {
+            KernelMessage::Hello { python, timing, .. } => {
                 if python.len() > MAX_NAME_LEN {
                     return bad(format!("python version of {} bytes", python.len()));
+                }
+                if let Some(t) = timing
+                    && (t.steps.len() > MAX_TIMING_STEPS
+                        || t.steps.iter().any(|(name, _)| name.len() > MAX_NAME_LEN))
+                {
+                    return bad(format!("{} timing steps", t.steps.len()));
                 }
             }
             KernelMessage::Result { data, .. } | KernelMessage::DisplayData { data, .. } => {

@@ -1,23 +1,24 @@
 //! The zygote: a Python process that imported the preload modules once and forks kernel
 //! children on request, each joining a sandbox by a [`JoinPlan`] before it runs any cell.
 //!
-//! The Python side is [`crate::ZYGOTE_PY`]; this module holds its message types and
-//! [`Zygote`], a handle that starts one as a child process and asks it for kernels over a
-//! `SOCK_SEQPACKET` control socket (one JSON message per packet, fds by SCM_RIGHTS).
-//! Placing the zygote in a sandbox of its own and creating the shells its children join
-//! is the runtime's part (phase 2 of issue 4); here the zygote runs wherever it is started.
+//! The Python side is [`crate::ZYGOTE_PY`]; this module holds its message types, the
+//! [`ControlChannel`] (a `SOCK_SEQPACKET` control socket: one JSON message per packet, fds
+//! by SCM_RIGHTS) and [`Zygote`], a handle that starts one as a plain child process (tests,
+//! measurements). Sandboxed zygotes and the shells their children join are
+//! [`crate::supervisor`]'s and [`crate::pool`]'s.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 pub use dsbox_runtime::JoinPlan;
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    recvmsg, sendmsg, socketpair,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
@@ -30,6 +31,8 @@ use crate::{KERNEL_PY, ZYGOTE_PY};
 
 /// Largest message accepted from the zygote.
 const MAX_ZYGOTE_MESSAGE: usize = 256 << 10;
+/// Most fds accepted with one message from the zygote (it sends one: a child's pidfd).
+const MAX_ZYGOTE_FDS: usize = 4;
 
 /// Receive the kernel and zygote programs (two packets) on the control socket, register
 /// them as modules `dsbox_kernel` and `dsbox_zygote`, and run the zygote's `main()`.
@@ -87,10 +90,14 @@ pub enum ZygoteEvent {
         preloaded: Vec<String>,
         failed: Vec<(String, String)>,
     },
-    /// A child was forked (its pid in the zygote's pid namespace).
+    /// A child was forked (its pid in the zygote's pid namespace). With `pidfd`, a pidfd
+    /// of the child came with the message (race-free signalling: the zygote opened it
+    /// before it could reap the child).
     Spawned {
         id: u64,
         pid: u32,
+        #[serde(default)]
+        pidfd: bool,
     },
     /// No child was forked: the step (`fds`, `setns_pid`, `fork`) and errno.
     SpawnFailed {
@@ -152,13 +159,15 @@ pub struct SpawnedKernel {
     pub pid: u32,
     /// The runtime's end of the kernel's channel (hand it to [`crate::KernelClient::connect`]).
     pub channel: UnixStream,
+    /// A pidfd of the child, when the zygote sent one.
+    pub pidfd: Option<OwnedFd>,
 }
 
 /// A running zygote process.
 #[derive(Debug)]
 pub struct Zygote {
     child: Child,
-    control: AsyncFd<OwnedFd>,
+    control: ControlChannel,
     next_id: u64,
     pending: VecDeque<ZygoteEvent>,
     /// What the zygote reported when ready.
@@ -192,40 +201,23 @@ impl Zygote {
             source,
         })?;
         drop(child_end);
-        // SAFETY: `parent` is an open OwnedFd moved into the AsyncFd, which owns it until
-        // dropped; its fd number never changes.
-        let control = unsafe { AsyncFd::register(parent) }.map_err(|e| e.into_parts().1)?;
-        let mut zygote = Zygote {
+        let mut control = ControlChannel::new(parent)?;
+        let ready = control
+            .bootstrap(config.start_timeout)
+            .await
+            .map_err(|reason| KernelError::StartFailed {
+                python: config.python.clone(),
+                reason,
+                stderr: String::new(),
+            })?;
+        Ok(Zygote {
             child,
             control,
             next_id: 1,
             pending: VecDeque::new(),
-            preloaded: Vec::new(),
-            failed: Vec::new(),
-        };
-        zygote.send(KERNEL_PY.as_bytes(), &[]).await?;
-        zygote.send(ZYGOTE_PY.as_bytes(), &[]).await?;
-        let ready = tokio::time::timeout(config.start_timeout, zygote.recv())
-            .await
-            .map_err(|_| KernelError::StartFailed {
-                python: config.python.clone(),
-                reason: format!("the zygote was not ready within {:?}", config.start_timeout),
-                stderr: String::new(),
-            })??;
-        match ready {
-            ZygoteEvent::Ready {
-                preloaded, failed, ..
-            } => {
-                zygote.preloaded = preloaded;
-                zygote.failed = failed;
-                Ok(zygote)
-            }
-            other => Err(KernelError::StartFailed {
-                python: config.python.clone(),
-                reason: format!("the zygote sent {other:?} instead of ready"),
-                stderr: String::new(),
-            }),
-        }
+            preloaded: ready.preloaded,
+            failed: ready.failed,
+        })
     }
 
     /// The zygote process's pid.
@@ -254,16 +246,26 @@ impl Zygote {
             fds: roles,
         })
         .map_err(crate::protocol::ProtocolError::Encode)?;
-        self.send(&body, &raw).await?;
+        self.control.send(&body, &raw).await?;
         drop(kernel_end);
         loop {
-            match self.recv().await? {
-                ZygoteEvent::Spawned { id: got, pid } if got == id => {
+            let (event, mut fds) = self.control.recv().await?;
+            match event {
+                ZygoteEvent::Spawned {
+                    id: got,
+                    pid,
+                    pidfd,
+                } if got == id => {
                     runtime_end.set_nonblocking(true)?;
                     return Ok(SpawnedKernel {
                         id,
                         pid,
                         channel: UnixStream::from_std(runtime_end)?,
+                        pidfd: if pidfd && !fds.is_empty() {
+                            Some(fds.swap_remove(0))
+                        } else {
+                            None
+                        },
                     });
                 }
                 ZygoteEvent::SpawnFailed {
@@ -295,7 +297,7 @@ impl Zygote {
         if let Some(event) = self.pending.pop_front() {
             return Ok(event);
         }
-        self.recv().await
+        Ok(self.control.recv().await?.0)
     }
 
     /// Round trip to the zygote; returns how many children it tracks.
@@ -304,9 +306,9 @@ impl Zygote {
         self.next_id += 1;
         let body = serde_json::to_vec(&ZygoteRequest::Ping { id })
             .map_err(crate::protocol::ProtocolError::Encode)?;
-        self.send(&body, &[]).await?;
+        self.control.send(&body, &[]).await?;
         loop {
-            match self.recv().await? {
+            match self.control.recv().await?.0 {
                 ZygoteEvent::Pong {
                     id: Some(got),
                     children,
@@ -320,7 +322,7 @@ impl Zygote {
     pub async fn shutdown(mut self) -> Result<std::process::ExitStatus> {
         let body = serde_json::to_vec(&ZygoteRequest::Shutdown)
             .map_err(crate::protocol::ProtocolError::Encode)?;
-        let _ = self.send(&body, &[]).await;
+        let _ = self.control.send(&body, &[]).await;
         match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
             Ok(status) => Ok(status?),
             Err(_) => {
@@ -329,12 +331,73 @@ impl Zygote {
             }
         }
     }
+}
 
-    async fn send(&self, body: &[u8], fds: &[RawFd]) -> Result<()> {
+/// What a zygote reported when it finished preloading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZygoteReady {
+    pub pid: u32,
+    pub python: String,
+    pub preloaded: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+/// The runtime's end of a zygote's control socket (`SOCK_SEQPACKET`): one JSON message
+/// per packet, fds by SCM_RIGHTS. Everything received is bounded (size, fd count) and
+/// parsed strictly.
+#[derive(Debug)]
+pub struct ControlChannel {
+    fd: AsyncFd<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl ControlChannel {
+    /// Wrap a non-blocking, close-on-exec `SOCK_SEQPACKET` socket (see [`seqpacket_pair`]).
+    pub fn new(socket: OwnedFd) -> Result<ControlChannel> {
+        // SAFETY: `socket` is an open OwnedFd moved into the AsyncFd, which owns it until
+        // dropped; its fd number never changes.
+        let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| e.into_parts().1)?;
+        Ok(ControlChannel {
+            fd,
+            buf: vec![0u8; MAX_ZYGOTE_MESSAGE],
+        })
+    }
+
+    /// Send the two programs ([`ZYGOTE_BOOTSTRAP`] reads them) and wait for `ready`.
+    /// The error is a sentence saying what went wrong.
+    pub async fn bootstrap(
+        &mut self,
+        timeout: Duration,
+    ) -> std::result::Result<ZygoteReady, String> {
+        let io = |e: KernelError| format!("the zygote's control socket failed: {e}");
+        self.send(KERNEL_PY.as_bytes(), &[]).await.map_err(io)?;
+        self.send(ZYGOTE_PY.as_bytes(), &[]).await.map_err(io)?;
+        let ready = tokio::time::timeout(timeout, self.recv())
+            .await
+            .map_err(|_| format!("the zygote was not ready within {timeout:?}"))?
+            .map_err(io)?;
+        match ready.0 {
+            ZygoteEvent::Ready {
+                pid,
+                python,
+                preloaded,
+                failed,
+            } => Ok(ZygoteReady {
+                pid,
+                python,
+                preloaded,
+                failed,
+            }),
+            other => Err(format!("the zygote sent {other:?} instead of ready")),
+        }
+    }
+
+    /// Send one message with `fds` attached.
+    pub async fn send(&self, body: &[u8], fds: &[RawFd]) -> Result<()> {
         let iov = [IoSlice::new(body)];
         let cmsg = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
-        self.control
+        self.fd
             .async_io(Interest::WRITABLE, |fd| {
                 sendmsg::<UnixAddr>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)
                     .map_err(std::io::Error::from)
@@ -343,37 +406,64 @@ impl Zygote {
         Ok(())
     }
 
-    async fn recv(&self) -> Result<ZygoteEvent> {
-        let mut buf = vec![0u8; MAX_ZYGOTE_MESSAGE];
-        let n = self
-            .control
+    /// The next message and the fds that came with it. Cancel-safe: a message is either
+    /// returned or still in the socket. End of stream (the zygote exited) is an error.
+    pub async fn recv(&mut self) -> Result<(ZygoteEvent, Vec<OwnedFd>)> {
+        let buf = &mut self.buf;
+        let (n, truncated, fds) = self
+            .fd
             .async_io(Interest::READABLE, |fd| {
-                // MSG_TRUNC: the packet's real length, to detect an oversized message.
-                nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC)
-                    .map_err(std::io::Error::from)
+                let mut iov = [IoSliceMut::new(&mut buf[..])];
+                let mut space = nix::cmsg_space!([RawFd; MAX_ZYGOTE_FDS]);
+                let msg = recvmsg::<()>(
+                    fd.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?;
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            for fd in raw {
+                                // SAFETY: the kernel just installed this fd for us; nothing
+                                // else owns it.
+                                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                            }
+                        }
+                    }
+                }
+                let truncated = msg
+                    .flags
+                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+                Ok((msg.bytes, truncated, fds))
             })
             .await?;
-        if n == 0 {
+        if n == 0 && !truncated {
             return Err(KernelError::StartFailed {
                 python: PathBuf::from("zygote"),
                 reason: "the zygote closed its control socket (it exited)".to_owned(),
                 stderr: String::new(),
             });
         }
-        if n > buf.len() {
+        if truncated {
             return Err(crate::protocol::ProtocolError::FrameTooLarge {
                 len: n as u64,
-                max: buf.len(),
+                max: MAX_ZYGOTE_MESSAGE,
             }
             .into());
         }
-        serde_json::from_slice(&buf[..n]).map_err(|source| {
-            crate::protocol::ProtocolError::InvalidMessage { len: n, source }.into()
-        })
+        let event = serde_json::from_slice(&self.buf[..n]).map_err(|source| {
+            KernelError::from(crate::protocol::ProtocolError::InvalidMessage { len: n, source })
+        })?;
+        Ok((event, fds))
     }
 }
 
-fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+/// A `SOCK_SEQPACKET` pair: the runtime's end non-blocking, the zygote's end blocking
+/// (Python reads it with plain calls); both close-on-exec.
+pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
     let (a, b) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,

@@ -22,6 +22,7 @@
 //! # Ok::<(), dsbox_runtime::Error>(())
 //! ```
 
+pub mod attach;
 pub mod capabilities;
 pub mod cgroups;
 pub mod doctor;

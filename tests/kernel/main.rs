@@ -1,62 +1,47 @@
-//! Integration tests: kernel. Real Python kernels (a venv with numpy, pandas and
-//! matplotlib, see [`test_python`]), driven through the Rust client; fake peers for the
-//! malicious-kernel tests; the zygote forked and joined as root.
+//! Integration tests: kernel. Real Python kernels (the `analysis` rootfs from the store,
+//! see [`test_rootfs`]), driven through the Rust client; fake peers for the
+//! malicious-kernel tests; the zygote forked and joined as root; sandboxed, pooled
+//! kernels (real shells, the zygote in its own sandbox) as root.
 
 mod cells;
 mod limits;
 mod malicious;
+mod sandboxed;
 mod zygote;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use dsbox_kernel::{CellResult, StandaloneConfig, StandaloneKernel};
+use dsbox_rootfs::{EnsureOptions, Progress, Rootfs, Store};
 
-/// The Python used by the kernel tests: a venv with numpy, pandas and matplotlib, made
-/// once per target dir with uv. The one place to switch to a rootfs from the store later.
-pub fn test_python() -> PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON
+/// The rootfs the kernel tests run on: the `analysis` profile (numpy, pandas,
+/// matplotlib, scipy, ...) from the rootfs store, built on first use into a store under
+/// the target dir (`$DSBOX_TEST_STORE` overrides it), profiles from the repo only.
+pub fn test_rootfs() -> Rootfs {
+    static ROOTFS: OnceLock<Rootfs> = OnceLock::new();
+    ROOTFS
         .get_or_init(|| {
-            let dir = target_dir().join("dsbox-test-python");
-            let python = dir.join("bin/python");
-            let ready = dir.join(".dsbox-ready");
-            if ready.exists() {
-                return python;
-            }
-            // Test binaries may run in parallel: one creates the venv, the others wait.
-            let _lock = FileLock::acquire(&target_dir().join("dsbox-test-python.lock"));
-            if ready.exists() {
-                return python;
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-            run_setup(
-                Command::new("uv")
-                    .args(["venv", "-q", "-p", "/usr/bin/python3"])
-                    .arg(&dir),
-            );
-            run_setup(
-                Command::new("uv")
-                    .args(["pip", "install", "-q", "--compile-bytecode", "--python"])
-                    .arg(&python)
-                    .args(["numpy", "pandas", "matplotlib"]),
-            );
-            std::fs::write(&ready, b"").expect("mark the test venv ready");
-            python
+            let store = std::env::var_os("DSBOX_TEST_STORE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| target_dir().join("dsbox-kernel-tests/store"));
+            let mut opts = EnsureOptions::new(Store::new(&store));
+            opts.profiles_dir = None;
+            dsbox_rootfs::ensure("analysis", &opts, &Progress::hidden()).unwrap_or_else(|e| {
+                panic!(
+                    "cannot build the `analysis` rootfs in {} for the kernel tests: {e}",
+                    store.display()
+                )
+            })
         })
         .clone()
 }
 
-fn run_setup(cmd: &mut Command) {
-    let status = cmd.status().unwrap_or_else(|e| {
-        panic!("cannot run {cmd:?} ({e}): install uv (`pip install uv`) to create the test Python")
-    });
-    assert!(
-        status.success(),
-        "{cmd:?} failed ({status}): the kernel tests need a Python venv"
-    );
+/// The Python of [`test_rootfs`] as seen from the host (its environment's interpreter),
+/// for standalone kernels and zygotes outside sandboxes.
+pub fn test_python() -> PathBuf {
+    test_rootfs().env_dir_on_host().join("bin/python")
 }
 
 /// target/ (or $CARGO_TARGET_DIR): the test binary is target/<profile>/deps/<name>.
@@ -67,19 +52,6 @@ fn target_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf()
-}
-
-/// An exclusive flock, released when dropped.
-struct FileLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
-
-impl FileLock {
-    fn acquire(path: &Path) -> FileLock {
-        let file = std::fs::File::create(path).expect("create the venv lock file");
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .expect("lock the venv lock file");
-        FileLock(lock)
-    }
 }
 
 /// Default per-cell timeout in tests (generous: the machine is shared).
