@@ -40,6 +40,17 @@ fn enable_controllers(dir: &Path, available: &[String]) -> Result<()> {
     })
 }
 
+/// The parent pid of `pid` (field 4 of /proc/<pid>/stat), if it still exists.
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: skip past the last ')'.
+    stat.get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 impl V2Cgroup {
     /// Create the leaf and write the limits.
     pub fn create(
@@ -62,6 +73,23 @@ impl V2Cgroup {
                 let leaf = parent_dir.join("dsbox-runtime");
                 std::fs::create_dir_all(&leaf).map_err(io_err("create", &leaf))?;
                 write(&leaf.join("cgroup.procs"), &me.to_string())?;
+                // Our children forked before the move are still in the parent, and so is
+                // the middle process of the sandbox being created (forked before this
+                // call): they go along, else enabling the controllers fails with EBUSY.
+                // Children forked from now on are born in the leaf. Read the members
+                // after our own move: a fork racing with it has finished attaching then.
+                for child in read_procs(&parent_dir)
+                    .into_iter()
+                    .filter(|&pid| parent_pid(pid) == Some(me))
+                {
+                    match write(&leaf.join("cgroup.procs"), &child.to_string()) {
+                        Ok(()) => {}
+                        // It exited meanwhile.
+                        Err(CgroupError::Io { error, .. })
+                            if error.raw_os_error() == Some(libc::ESRCH) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 tracing::debug!(
                     leaf = %leaf.display(),
                     "moved the runtime into a leaf cgroup (cgroup v2 allows no processes in a cgroup that delegates controllers)"
@@ -197,6 +225,32 @@ mod tests {
         V2Cgroup::create(&h, &avail, "sb2", None, &CgroupLimits::default()).unwrap();
         let leaf = fs.path().join("user.slice/dsbox-runtime/cgroup.procs");
         assert_eq!(std::fs::read_to_string(leaf).unwrap(), me);
+    }
+
+    #[test]
+    fn the_runtime_takes_its_children_along_into_the_leaf() {
+        // A middle process forked before the cgroup is created sits in the parent with
+        // us; it must leave too, or enabling controllers there fails (EBUSY) on a real
+        // cgroupfs. An unrelated member (pid 1) stays.
+        let fs = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let (h, avail) = fake_v2(fs.path(), &format!("1\n{me}\n{}\n", child.id()));
+        V2Cgroup::create(&h, &avail, "sb6", None, &CgroupLimits::default()).unwrap();
+        let leaf = fs.path().join("user.slice/dsbox-runtime/cgroup.procs");
+        // The fake file keeps the last write: the child, moved after the runtime itself.
+        let last = std::fs::read_to_string(leaf).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(last, child.id().to_string());
+        assert_eq!(parent_pid(child.id() as i32), None);
+        assert_eq!(
+            parent_pid(me as i32),
+            Some(std::os::unix::process::parent_id() as i32)
+        );
     }
 
     #[test]
