@@ -26,6 +26,83 @@ pub struct HierarchyInfo {
     pub controllers: Vec<String>,
 }
 
+/// A landlock feature, the ABI that brought it, and whether this kernel has it: what an
+/// older ABI lacks is reported here, never silently dropped.
+#[derive(Clone, Debug, Serialize)]
+pub struct LandlockFeature {
+    pub name: &'static str,
+    /// The landlock ABI version that added it.
+    pub abi: u32,
+    pub available: bool,
+    /// Whether dsbox's rules use it when the kernel has it.
+    pub used_by_dsbox: bool,
+}
+
+/// (name, ABI, used by dsbox) for every landlock feature up to ABI 7.
+const LANDLOCK_FEATURES: &[(&str, u32, bool)] = &[
+    (
+        "filesystem rules (read, write, execute, create, remove)",
+        1,
+        true,
+    ),
+    ("refer: link and rename across directories", 2, true),
+    ("truncate", 3, true),
+    // TCP is left to the network namespace (see landlock.rs).
+    ("tcp bind and connect rules", 4, false),
+    ("ioctl on device files", 5, true),
+    ("scoping of abstract unix sockets and signals", 6, true),
+    ("audit logging flags", 7, false),
+];
+
+/// The landlock features and their availability at ABI `abi` (0: no landlock).
+pub fn landlock_features(abi: u32) -> Vec<LandlockFeature> {
+    LANDLOCK_FEATURES
+        .iter()
+        .map(|&(name, min, used_by_dsbox)| LandlockFeature {
+            name,
+            abi: min,
+            available: abi >= min,
+            used_by_dsbox,
+        })
+        .collect()
+}
+
+/// A kernel and cgroup layout that dsbox's tests run on, and how.
+#[derive(Clone, Debug, Serialize)]
+pub struct TestedSetup {
+    pub kernel: &'static str,
+    /// "v1" or "v2", as in [`DoctorReport::cgroup_mode`].
+    pub cgroup_mode: &'static str,
+    pub cgroup_layout: &'static str,
+    pub landlock_abi: u32,
+    pub how: &'static str,
+}
+
+/// Where dsbox is tested. Keep in step with docs/kernel-matrix.md and `.ci/run`.
+pub const TESTED_SETUPS: &[TestedSetup] = &[
+    TestedSetup {
+        kernel: "Linux 6.18 (the development and CI machines)",
+        cgroup_mode: "v1",
+        cgroup_layout: "hybrid: memory, pids, cpu as v1 hierarchies, the v2 hierarchy without controllers",
+        landlock_abi: 7,
+        how: "cargo test --workspace (./dev test, run by CI): runtime, kernel and CLI integration tests",
+    },
+    TestedSetup {
+        kernel: "Debian's Linux 6.1 (linux-image-6.1.0-*-amd64)",
+        cgroup_mode: "v2",
+        cgroup_layout: "pure v2: memory, pids, cpu, io enabled at the root",
+        landlock_abi: 2,
+        how: "tests/kernel_matrix inside ../shared/tools/vm-run (QEMU), via ./dev test-vm, run by CI after the host tests",
+    },
+];
+
+/// The tested setup with this cgroup mode and landlock ABI, if there is one.
+pub fn tested_setup_matching(cgroup_mode: &str, landlock_abi: u32) -> Option<&'static TestedSetup> {
+    TESTED_SETUPS
+        .iter()
+        .find(|t| t.cgroup_mode == cgroup_mode && t.landlock_abi == landlock_abi)
+}
+
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct DoctorReport {
@@ -36,6 +113,14 @@ pub struct DoctorReport {
     /// Where sandboxes' cgroups go (one per hierarchy used).
     pub sandbox_cgroup_parents: Vec<PathBuf>,
     pub checks: Vec<Check>,
+    /// The landlock ABI of this kernel (0: unavailable).
+    pub landlock_abi: u32,
+    /// Every landlock feature: which this kernel has and which dsbox uses.
+    pub landlock_features: Vec<LandlockFeature>,
+    /// The kernels and cgroup layouts dsbox's tests run on.
+    pub tested_setups: &'static [TestedSetup],
+    /// The tested setup with this host's cgroup mode and landlock ABI (null: none).
+    pub tested_here: Option<&'static TestedSetup>,
 }
 
 fn kernel_release() -> String {
@@ -157,11 +242,18 @@ pub fn report(cgroups: &CgroupSystem, cgroup_parent: Option<&std::path::Path>) -
         fix: (!sc).then_some("use a kernel built with CONFIG_SECCOMP_FILTER=y"),
     });
     let abi = crate::landlock::kernel_abi();
+    let missing: Vec<String> = landlock_features(abi)
+        .into_iter()
+        .filter(|f| f.used_by_dsbox && !f.available)
+        .map(|f| format!("{} (ABI {})", f.name, f.abi))
+        .collect();
     checks.push(Check {
         name: "landlock",
         available: abi > 0,
-        detail: if abi > 0 {
+        detail: if abi > 0 && missing.is_empty() {
             format!("ABI {abi}")
+        } else if abi > 0 {
+            format!("ABI {abi}; unavailable here: {}", missing.join(", "))
         } else {
             "not enabled".into()
         },
@@ -244,5 +336,35 @@ pub fn report(cgroups: &CgroupSystem, cgroup_parent: Option<&std::path::Path>) -
         hierarchies: hierarchies(),
         sandbox_cgroup_parents: cgroups.sandbox_parents(cgroup_parent),
         checks,
+        landlock_abi: abi,
+        landlock_features: landlock_features(abi),
+        tested_setups: TESTED_SETUPS,
+        tested_here: tested_setup_matching(cgroups.version(), abi),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_newer_than_the_abi_are_reported_unavailable() {
+        let at2 = landlock_features(2);
+        let available = |name: &str| at2.iter().find(|f| f.name.starts_with(name)).unwrap();
+        assert!(available("refer").available);
+        assert!(!available("truncate").available);
+        assert!(!available("tcp").available);
+        assert!(!available("ioctl").available);
+        assert!(!available("scoping").available);
+        assert!(landlock_features(0).iter().all(|f| !f.available));
+        assert!(landlock_features(7).iter().all(|f| f.available));
+    }
+
+    #[test]
+    fn tested_setups_match_on_cgroup_mode_and_landlock_abi() {
+        assert_eq!(tested_setup_matching("v2", 2).unwrap().landlock_abi, 2);
+        assert_eq!(tested_setup_matching("v1", 7).unwrap().cgroup_mode, "v1");
+        assert!(tested_setup_matching("v2", 5).is_none());
+        assert!(tested_setup_matching("none", 7).is_none());
     }
 }

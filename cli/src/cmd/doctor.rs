@@ -57,5 +57,37 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     for p in &report.sandbox_cgroup_parents {
         println!("  {}", p.display());
     }
+    if report.landlock_abi > 0 {
+        println!();
+        println!("landlock ABI {}:", report.landlock_abi);
+        for f in &report.landlock_features {
+            let state = match (f.available, f.used_by_dsbox) {
+                (true, true) => "used",
+                (true, false) => "available, not used",
+                (false, true) => "UNAVAILABLE (not enforced here)",
+                (false, false) => "unavailable, not used",
+            };
+            println!("  ABI {}  {:<54} {state}", f.abi, f.name);
+        }
+    }
+    println!();
+    println!("tested kernels and cgroup layouts:");
+    for t in report.tested_setups {
+        println!(
+            "  {}: cgroup {} ({}), landlock ABI {}",
+            t.kernel, t.cgroup_mode, t.cgroup_layout, t.landlock_abi
+        );
+        println!("      how: {}", t.how);
+    }
+    match report.tested_here {
+        Some(t) => println!(
+            "this host (cgroup {}, landlock ABI {}) matches the tested setup on {}",
+            report.cgroup_mode, report.landlock_abi, t.kernel
+        ),
+        None => println!(
+            "this host (cgroup {}, landlock ABI {}) matches no tested setup: the same code paths run, but no CI job covers this combination",
+            report.cgroup_mode, report.landlock_abi
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
