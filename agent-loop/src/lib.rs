@@ -16,6 +16,8 @@
 //!   turns, tokens, time and the error breakdown; [`report`] renders tables, Markdown and
 //!   a self-contained HTML report.
 //! - [`fake::FakeServer`]: a fake OpenAI-compatible server (real HTTP) for tests.
+//! - [`synth`]: synthetic training data (query generation, rollouts, execution-verified
+//!   filtering, SFT export) and the shortcut audit.
 
 pub mod demo;
 pub mod episode;
@@ -30,6 +32,7 @@ pub mod run;
 pub mod rundir;
 pub mod sandbox;
 pub mod scaffold;
+pub mod synth;
 
 pub use episode::{EndReason, EpisodeSettings, Trajectory, run_episode};
 pub use model::{Model, ModelError, OpenAiConfig, OpenAiModel, ScriptedModel};
