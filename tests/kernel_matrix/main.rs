@@ -16,3 +16,4 @@ mod doctor;
 mod fixture;
 mod landlock;
 mod userns;
+mod zygote;

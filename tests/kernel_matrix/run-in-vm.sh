@@ -76,6 +76,13 @@ if [ -z "$exe" ] || [ ! -x "$exe" ]; then
   echo "run-in-vm.sh: cannot find the kernel_matrix test executable in cargo's output" >&2
   exit 1
 fi
+# The zygote tests need a rootfs; the VM has no network and sees the host read-only, so
+# build `minimal` (Python only, seconds) into a store beside the test executable here.
+store=$(dirname "$(dirname "$(dirname "$exe")")")/dsbox-kernel-matrix/store
+if [ ! -e "$store/names/minimal" ]; then
+  echo "==> building the minimal rootfs into $store" >&2
+  "$(dirname "$(dirname "$exe")")/dsbox" rootfs build --profile minimal --store "$store" >&2
+fi
 listed=$("$exe" --list --format terse "$@" 2>/dev/null | grep -c ': test$' || true)
 if [ "$listed" -eq 0 ]; then
   echo "run-in-vm.sh: no kernel_matrix test matches ${*:-(no filter)}" >&2
@@ -90,7 +97,7 @@ set +e
 VM_RUN_TIMEOUT=${VM_RUN_TIMEOUT:-1800} "$vm_run" --mem "${DSBOX_MATRIX_MEM:-4G}" --cpus 2 -- \
   env DSBOX_KERNEL_MATRIX=require \
   DSBOX_MATRIX_LANDLOCK_ABI="${DSBOX_MATRIX_LANDLOCK_ABI:-2}" \
-  DSBOX_MATRIX_THREADS="${DSBOX_MATRIX_THREADS:-2}" RUST_BACKTRACE=1 \
+  DSBOX_MATRIX_THREADS="${DSBOX_MATRIX_THREADS:-2}" DSBOX_MATRIX_STORE="$store" RUST_BACKTRACE=1 \
   sh "$(pwd)/tests/kernel_matrix/run-in-vm.sh" --inside "$exe" "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
