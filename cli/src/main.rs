@@ -19,6 +19,10 @@ struct Cli {
     #[arg(long, global = true, env = "DSBOX_LOG", default_value = "warn")]
     log: String,
 
+    /// Log format: `text`, or `json` (one object per line, for log collectors).
+    #[arg(long, global = true, env = "DSBOX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -50,7 +54,7 @@ enum Command {
     /// Run a few real tasks end to end with a built-in scripted agent (no API key).
     Demo(cmd::demo::DemoArgs),
     /// HTTP service: DSGym-compatible manager API, RL environment API, sandbox API.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Generate, verify, filter and export synthetic training data.
     Synth(cmd::synth::SynthArgs),
     /// Audits of benchmarks (e.g. which tasks a model solves without the data).
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(&cli.log);
+    init_logging(&cli.log, cli.log_format == "json");
     let failure_code = match cli.command {
         Command::Run(_) | Command::Exec(_) => 125,
         _ => 1,
@@ -97,18 +101,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => cmd::eval::run(*args),
         Command::Report(args) => cmd::report::run(args),
         Command::Demo(args) => cmd::demo::run(args),
-        Command::Serve(args) => cmd::serve::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Audit(args) => cmd::audit::run(args),
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
 }
