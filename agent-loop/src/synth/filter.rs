@@ -1122,6 +1122,11 @@ fn interrupted_outcome(run: &Path, out: &Path, p: &FilterParams) -> FilterOutcom
     }
 }
 
+/// The `summary.json` of a filter directory.
+pub fn read_summary(dir: &Path) -> Result<FilterSummary> {
+    super::read_json(&dir.join(SUMMARY))
+}
+
 /// Write one JSON line per item, atomically.
 pub(crate) fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
     let mut bytes = Vec::new();

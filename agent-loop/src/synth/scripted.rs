@@ -2,8 +2,8 @@
 //! tests, `dsbox bench synth`). It plays the three roles, told apart by the system prompt:
 //!
 //! * **generator** ([`super::queries::GENERATOR_SYSTEM`]): loads the seed's first CSV and
-//!   lists its numeric columns; computes a statistic (mean, median, maximum, minimum,
-//!   standard deviation) of `n` of them; then proposes `n` questions in the reference's
+//!   lists its numeric columns; computes `n` statistics, each of another column with
+//!   another statistic (mean, median, maximum, minimum, standard deviation); then proposes `n` questions in the reference's
 //!   numbered `Query: … Answer: …` list with the values its code printed (a row count
 //!   when the file has no numeric column);
 //! * **solver** (any other prompt): recognises those questions, loads the file (the first
@@ -254,9 +254,11 @@ fn generate(messages: &[Message]) -> String {
             if cols.is_empty() {
                 plan.push("['rows', None]".to_owned());
             } else {
+                // Another column and another statistic for each item, so the questions
+                // differ in more than one word.
                 for i in 0..n {
                     let col = &cols[i % cols.len()];
-                    let (_, method) = STATS[(i / cols.len()) % STATS.len()];
+                    let (_, method) = STATS[i % STATS.len()];
                     plan.push(format!("[{}, {}]", py(method), py(col)));
                 }
             }
