@@ -17,7 +17,9 @@
 //! 7. the LLM-judge rubric ([`super::judge`]): `judge-below-threshold` (or `judge-error`,
 //!    retried next time);
 //! 8. near-duplicate queries ([`super::dedup`]) among the queries that still have a
-//!    trajectory: the first keeps its trajectories, later ones are `near-duplicate`;
+//!    trajectory, compared within the same data files and without the data paths in the
+//!    text: the first keeps its trajectories, later ones are `near-duplicate` (this runs
+//!    last, so a query is never dropped for resembling one that failed other checks);
 //! 9. at most `per_query` trajectories per query, best judged first (`per-query-cap`).
 //!
 //! Output, in `RUN/filter/` (or another directory): `decisions.jsonl` (one line per
@@ -949,14 +951,25 @@ pub async fn run_filter(
                 alive.push(items[idx[0]].task.as_ref());
             }
         }
-        let cands: Vec<Candidate<'_>> = alive
+        // The data paths are the same within a group: they are left out of the text so
+        // they do not make every pair of questions on one file look alike.
+        let texts: Vec<String> = alive
             .iter()
             .map(|t| {
+                t.data
+                    .iter()
+                    .fold(t.question.clone(), |q, d| q.replace(&d.path, " "))
+            })
+            .collect();
+        let cands: Vec<Candidate<'_>> = alive
+            .iter()
+            .zip(&texts)
+            .map(|(t, text)| {
                 let mut paths: Vec<&str> = t.data.iter().map(|d| d.path.as_str()).collect();
                 paths.sort_unstable();
                 Candidate {
                     id: &t.id,
-                    text: &t.question,
+                    text,
                     group: paths.join("\n"),
                 }
             })

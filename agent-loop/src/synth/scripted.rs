@@ -4,8 +4,8 @@
 //! * **generator** ([`super::queries::GENERATOR_SYSTEM`]): loads the seed's first CSV and
 //!   lists its numeric columns; computes `n` statistics, each of another column with
 //!   another statistic (mean, median, maximum, minimum, standard deviation); then proposes `n` questions in the reference's
-//!   numbered `Query: … Answer: …` list with the values its code printed (a row count
-//!   when the file has no numeric column);
+//!   numbered `Query: … Answer: …` list with the values its code printed (a row count,
+//!   distinct values and the most frequent value when the file has no numeric column);
 //! * **solver** (any other prompt): recognises those questions, loads the file (the first
 //!   cell carries `# attempt N`, N counting the rollouts of that question, so a test can
 //!   script one rollout differently), computes the statistic and prints `ANSWER: value`,
@@ -131,10 +131,13 @@ pub fn printed_answer(messages: &[Message]) -> Option<String> {
     })
 }
 
-/// A question the solver knows: (file, pandas method or `rows`, column).
+/// A question the solver knows: (file, method, column). Methods: a pandas statistic,
+/// `rows`, `nunique`, `mode`.
 fn parse_question(q: &str) -> Option<(String, String, Option<String>)> {
     static STAT: OnceLock<Regex> = OnceLock::new();
     static ROWS: OnceLock<Regex> = OnceLock::new();
+    static NUNIQUE: OnceLock<Regex> = OnceLock::new();
+    static MODE: OnceLock<Regex> = OnceLock::new();
     let stat = re(
         &STAT,
         r"What is the (mean|median|maximum|minimum|standard deviation) of the column `([^`]+)` in (\S+)\?",
@@ -143,20 +146,66 @@ fn parse_question(q: &str) -> Option<(String, String, Option<String>)> {
         let method = STATS.iter().find(|(w, _)| *w == &c[1])?.1;
         return Some((c[3].to_owned(), method.to_owned(), Some(c[2].to_owned())));
     }
-    let rows = re(&ROWS, r"How many rows does (\S+) have\?");
-    rows.captures(q)
+    if let Some(c) = re(
+        &NUNIQUE,
+        r"How many distinct values does the column `([^`]+)` in (\S+) hold\?",
+    )
+    .captures(q)
+    {
+        return Some((c[2].to_owned(), "nunique".to_owned(), Some(c[1].to_owned())));
+    }
+    if let Some(c) = re(
+        &MODE,
+        r"Which value occurs most often in `([^`]+)` of (\S+)\?",
+    )
+    .captures(q)
+    {
+        return Some((c[2].to_owned(), "mode".to_owned(), Some(c[1].to_owned())));
+    }
+    re(&ROWS, r"How many rows does (\S+) have\?")
+        .captures(q)
         .map(|c| (c[1].to_owned(), "rows".to_owned(), None))
 }
 
 /// The code computing one known question's answer (after the file is loaded as `df`).
 pub fn answer_cell(method: &str, column: Option<&str>) -> String {
-    match column {
-        Some(col) => format!(
+    match (method, column) {
+        ("rows", _) | (_, None) => "print('ANSWER:', len(df))".to_owned(),
+        ("nunique", Some(col)) => format!("print('ANSWER:', df[{}].nunique())", py(col)),
+        ("mode", Some(col)) => format!("print('ANSWER:', df[{}].mode().iloc[0])", py(col)),
+        (_, Some(col)) => format!(
             "value = df[{}].{method}()\nprint('ANSWER:', f'{{value:.2f}}')",
             py(col)
         ),
-        None => "print('ANSWER:', len(df))".to_owned(),
     }
+}
+
+/// The generator's plan for a file: `n` (method, column) pairs, each with another
+/// statistic and, where there are enough, another column — so the questions differ in
+/// more than one word.
+fn plan_items(
+    n: usize,
+    numeric: &[String],
+    columns: &[String],
+) -> Vec<(&'static str, Option<String>)> {
+    let mut plan = Vec::new();
+    if numeric.is_empty() {
+        plan.push(("rows", None));
+        for (i, col) in columns.iter().enumerate().take(n.saturating_sub(1)) {
+            plan.push((
+                if i % 2 == 0 { "nunique" } else { "mode" },
+                Some(col.clone()),
+            ));
+        }
+    } else {
+        for i in 0..n {
+            plan.push((
+                STATS[i % STATS.len()].1,
+                Some(numeric[i % numeric.len()].clone()),
+            ));
+        }
+    }
+    plan
 }
 
 /// The scripted analyst (see the module doc). Shared by every request of a run: it counts
@@ -226,6 +275,7 @@ impl SynthAnalyst {
 fn generate(messages: &[Message]) -> String {
     static N: OnceLock<Regex> = OnceLock::new();
     static NUMERIC: OnceLock<Regex> = OnceLock::new();
+    static COLUMNS: OnceLock<Regex> = OnceLock::new();
     static STAT_LINE: OnceLock<Regex> = OnceLock::new();
     let user = first_user(messages);
     let n: usize = re(&N, r"write (\d+) new")
@@ -240,30 +290,27 @@ fn generate(messages: &[Message]) -> String {
     else {
         return "<answer>The data has no CSV file, so I have no questions.</answer>".into();
     };
+    let list = |cell: &'static OnceLock<Regex>, label: &str| -> Vec<String> {
+        re(cell, &format!(r"{label}: (\[.*\])"))
+            .captures(last_user(messages))
+            .and_then(|c| serde_json::from_str(&c[1]).ok())
+            .unwrap_or_default()
+    };
     match turn(messages) {
         0 => format!(
-            "<python>\nimport pandas as pd, json\ndf = pd.read_csv({})\nprint(df.shape)\nprint('NUMERIC:', json.dumps([str(c) for c in df.select_dtypes('number').columns]))\n</python>",
+            "<python>\nimport pandas as pd, json\ndf = pd.read_csv({})\nprint(df.shape)\nprint('NUMERIC:', json.dumps([str(c) for c in df.select_dtypes('number').columns]))\nprint('COLUMNS:', json.dumps([str(c) for c in df.columns]))\n</python>",
             py(&path)
         ),
         1 => {
-            let cols: Vec<String> = re(&NUMERIC, r"NUMERIC: (\[.*\])")
-                .captures(last_user(messages))
-                .and_then(|c| serde_json::from_str(&c[1]).ok())
-                .unwrap_or_default();
-            let mut plan = Vec::new();
-            if cols.is_empty() {
-                plan.push("['rows', None]".to_owned());
-            } else {
-                // Another column and another statistic for each item, so the questions
-                // differ in more than one word.
-                for i in 0..n {
-                    let col = &cols[i % cols.len()];
-                    let (_, method) = STATS[i % STATS.len()];
-                    plan.push(format!("[{}, {}]", py(method), py(col)));
-                }
-            }
+            let plan: Vec<String> =
+                plan_items(n, &list(&NUMERIC, "NUMERIC"), &list(&COLUMNS, "COLUMNS"))
+                    .into_iter()
+                    .map(|(m, c)| {
+                        format!("[{}, {}]", py(m), c.as_deref().map_or("None".into(), py))
+                    })
+                    .collect();
             format!(
-                "<python>\nfor method, col in [{}]:\n    value = len(df) if col is None else getattr(df[col], method)()\n    print('STAT', json.dumps([method, col, value if col is None else f'{{value:.2f}}']))\n</python>",
+                "<python>\nfor method, col in [{}]:\n    if method == 'rows':\n        value = len(df)\n    elif method == 'nunique':\n        value = int(df[col].nunique())\n    elif method == 'mode':\n        value = str(df[col].mode().iloc[0])\n    else:\n        value = f'{{getattr(df[col], method)():.2f}}'\n    print('STAT', json.dumps([method, col, value]))\n</python>",
                 plan.join(", ")
             )
         }
@@ -281,20 +328,27 @@ fn generate(messages: &[Message]) -> String {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                if value.contains("nan") {
+                if value.contains("nan") || value.trim().is_empty() {
                     continue;
                 }
-                let n = items.len() + 1;
-                items.push(match v.get(1).and_then(Value::as_str) {
-                    Some(col) => {
+                let k = items.len() + 1;
+                let col = v.get(1).and_then(Value::as_str).unwrap_or("");
+                items.push(match method {
+                    "rows" => format!(
+                        "{k}. Query: How many rows does {path} have?\n   Answer: {value}\n   Format: an integer"
+                    ),
+                    "nunique" => format!(
+                        "{k}. Query: How many distinct values does the column `{col}` in {path} hold?\n   Answer: {value}\n   Format: an integer"
+                    ),
+                    "mode" => format!(
+                        "{k}. Query: Which value occurs most often in `{col}` of {path}?\n   Answer: {value}\n   Format: the value as it appears in the file"
+                    ),
+                    _ => {
                         let word = STATS.iter().find(|(_, m)| *m == method).map_or(method, |(w, _)| w);
                         format!(
-                            "{n}. Query: What is the {word} of the column `{col}` in {path}? Round to 2 decimals.\n   Answer: {value}\n   Format: a number rounded to 2 decimals"
+                            "{k}. Query: What is the {word} of the column `{col}` in {path}? Round to 2 decimals.\n   Answer: {value}\n   Format: a number rounded to 2 decimals"
                         )
                     }
-                    None => format!(
-                        "{n}. Query: How many rows does {path} have?\n   Answer: {value}\n   Format: an integer"
-                    ),
                 });
             }
             format!("<answer>\n{}\n</answer>", items.join("\n"))

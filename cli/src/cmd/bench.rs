@@ -17,6 +17,9 @@ pub enum BenchCommand {
     Start(StartArgs),
     /// P7: evaluation throughput with an instant scripted model vs a fresh python per cell.
     Eval(super::eval::BenchEvalArgs),
+    /// Synthetic-data pipeline throughput (queries, rollouts, filter, export) with an
+    /// instant fake model vs a fresh python per cell.
+    Synth(super::synth::BenchSynthArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -33,6 +36,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::Start(a) => start(a),
         BenchCommand::Eval(a) => super::eval::bench(a),
+        BenchCommand::Synth(a) => super::synth::bench(a),
     }
 }
 

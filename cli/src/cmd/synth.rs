@@ -1164,3 +1164,107 @@ fn export_cmd(source: &SuiteSourceArgs, args: ExportArgs) -> anyhow::Result<Exit
     );
     Ok(ExitCode::SUCCESS)
 }
+
+// ---------------------------------------------------------------- bench
+
+/// `dsbox bench synth`.
+#[derive(Debug, clap::Args)]
+pub struct BenchSynthArgs {
+    /// Seed tasks: the first N QRData tasks (the starter suite without a data root).
+    #[arg(long, default_value_t = 10, value_parser = positive_usize)]
+    pub seeds: usize,
+    /// Queries per seed.
+    #[arg(long, default_value_t = 3, value_parser = positive_usize)]
+    pub n: usize,
+    /// Rollouts per query.
+    #[arg(long, default_value_t = 4, value_parser = positive_u32)]
+    pub k: u32,
+    /// Episodes and checks at once.
+    #[arg(long, default_value_t = 2, value_parser = positive_usize)]
+    pub concurrency: usize,
+    /// Trajectories the baseline replays (its figure is per trajectory).
+    #[arg(long, default_value_t = 10, value_parser = positive_usize)]
+    pub baseline_trajectories: usize,
+    /// DSGym release directory (default: $DSBOX_DATA_ROOT, ~/.local/share/dsbox/dsgym, or
+    /// ../shared/data/dsgym).
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// Root filesystem of the sandboxes (built on first use when it is a profile).
+    #[arg(long, default_value = "analysis")]
+    pub rootfs: String,
+    /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Fail instead of building a missing rootfs.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Keep the runs here (queries/, trajectories/, train.jsonl); must not exist.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Print the full result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(args: BenchSynthArgs) -> anyhow::Result<ExitCode> {
+    let root = super::demo::data_root(args.data_root.clone());
+    let reg = SuiteRegistry::builtin(dsbox_tasks::DataRoot::resolve(root.as_deref()))?;
+    let (seeds, source) = match reg.load("qrdata") {
+        Ok(s) if !s.tasks.is_empty() => {
+            let seeds: Vec<Task> = s
+                .tasks
+                .into_iter()
+                .filter(|t| {
+                    t.data.iter().any(|d| {
+                        d.path.ends_with(".csv") && d.host.as_ref().is_some_and(|h| h.exists())
+                    })
+                })
+                .take(args.seeds)
+                .collect();
+            let source = format!(
+                "qrdata ({})",
+                root.as_deref()
+                    .map_or_else(|| "data root".into(), |p| p.display().to_string())
+            );
+            (seeds, source)
+        }
+        _ => {
+            let s = reg.load("starter")?;
+            let seeds: Vec<Task> = s.tasks.into_iter().take(args.seeds).collect();
+            let source = format!(
+                "the starter suite ({} seeds on 3 files; no DSGym data root found, pass --data-root for QRData)",
+                seeds.len()
+            );
+            (seeds, source)
+        }
+    };
+    if let Some(dir) = &args.keep {
+        check_out(dir, "dsbox bench synth")?;
+    }
+    let rootfs = super::rootfs::ensure_rootfs(&args.rootfs, args.store.as_deref(), args.no_build)?;
+    let cfg = dsbox_bench::synth::SynthBenchConfig {
+        seeds,
+        source,
+        n: args.n,
+        k: args.k,
+        concurrency: args.concurrency,
+        cold: dsbox_agent::sandbox::ColdConfig::from_rootfs(&rootfs),
+        baseline_trajectories: args.baseline_trajectories,
+        keep: args.keep.clone(),
+    };
+    eprintln!(
+        "dsbox bench synth: {} seeds from {}, {} queries each, k = {}, concurrency {}; then the baseline",
+        cfg.seeds.len(),
+        cfg.source,
+        cfg.n,
+        cfg.k,
+        cfg.concurrency
+    );
+    let result = dsbox_bench::synth::run(&cfg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", result.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
