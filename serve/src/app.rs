@@ -12,7 +12,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,7 @@ pub struct Slot {
     pub init_pid: i32,
     kernel: tokio::sync::Mutex<Option<SandboxKernel>>,
     interrupter: Mutex<Option<Interrupter>>,
+    kernel_pid: AtomicU32,
     epoch: Instant,
     last_used_ms: AtomicU64,
     busy: AtomicUsize,
@@ -105,6 +106,7 @@ impl Slot {
             sandbox_id: kernel.id().to_owned(),
             init_pid: kernel.init_pid(),
             interrupter: Mutex::new(kernel.interrupter()),
+            kernel_pid: AtomicU32::new(kernel.kernel_pid().unwrap_or(0)),
             kernel: tokio::sync::Mutex::new(Some(kernel)),
             epoch,
             last_used_ms: AtomicU64::new(0),
@@ -131,6 +133,11 @@ impl Slot {
 
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Relaxed) > 0
+    }
+
+    /// Host pid of the current kernel, as of the last request (0: none).
+    pub fn kernel_pid(&self) -> u32 {
+        self.kernel_pid.load(Ordering::Relaxed)
     }
 
     /// Destroyed (or being destroyed).
@@ -171,6 +178,8 @@ impl Slot {
             let after = k.restarts();
             slot.restarts.fetch_add(after - before, Ordering::Relaxed);
             *slot.interrupter.lock().unwrap_or_else(|e| e.into_inner()) = k.interrupter();
+            slot.kernel_pid
+                .store(k.kernel_pid().unwrap_or(0), Ordering::Relaxed);
             result
         });
         task.await

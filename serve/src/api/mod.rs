@@ -9,6 +9,9 @@ pub mod ops;
 pub mod sandbox;
 pub mod types;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -233,9 +233,9 @@ pub async fn create_sandbox(
     State(AppState(app)): State<AppState>,
     Json(req): Json<CreateSandboxRequest>,
 ) -> Result<(StatusCode, Json<CreateSandboxResponse>)> {
+    let (mounts, data_info) = data_mounts(&app, &req.data)?;
     let (tname, base) = app.template(req.template.as_deref())?;
     let wanted = limits(&app, &base.config().limits, &req)?;
-    let (mounts, data_info) = data_mounts(&app, &req.data)?;
     let template = app.template_with_limits(Some(&tname), wanted.clone())?;
     let options = AcquireOptions {
         data: mounts,
