@@ -2,5 +2,6 @@
 //! baseline in the same run and reported as JSON with medians and p99.
 
 pub mod eval;
+pub mod kernel;
 pub mod start;
 pub mod synth;

@@ -57,6 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
+        steps.push(format!(
+            "fork() {:.2} ms",
+            t.kernel.zygote_fork_ns.unwrap_or(0) as f64 / 1e6
+        ));
         println!(
             "{i}: acquire {:.2} ms (pool hit {}), kernel {}, 1+1 -> {:?} in {:?}",
             t.total().as_secs_f64() * 1e3,

@@ -4,7 +4,8 @@ The runtime talks to this program over one socket (its "channel", an inherited f
 never over stdin/stdout, so user prints cannot corrupt the protocol. Frames are a u32
 big-endian length followed by a UTF-8 JSON body (at most MAX_FRAME bytes).
 
-Runtime -> kernel:  {"type":"execute","id":N,"code":"..."}  |  {"type":"shutdown"}
+Runtime -> kernel:  {"type":"execute","id":N,"code":"..."}  |  {"type":"warmup","id":N}
+                    |  {"type":"shutdown"}
 Kernel -> runtime:  {"type":"hello","protocol":1,"pid":P,"python":"3.11.2"[,"timing":{...}]}
                     once, then
                     per cell any number of stream/result/display_data/error items and a
@@ -664,6 +665,8 @@ class Kernel:
                 continue  # the runtime is trusted; a malformed request is dropped
             if kind == "execute":
                 self.execute(int(req["id"]), str(req["code"]))
+            elif kind == "warmup":
+                self.warmup(int(req["id"]))
             elif kind == "shutdown":
                 self._c_flush()
                 os._exit(0)
@@ -714,6 +717,18 @@ class Kernel:
                 self.flush_due = None
         finally:
             self._leave()
+
+    def warmup(self, cid):
+        """A throwaway `1+1` through the whole cell path, in a scratch namespace: the first
+        cell of a forked kernel pays for the pages and caches that later cells reuse.
+        Leaves no trace (execution count, namespace and `_` unchanged)."""
+        saved_ns, saved_count = self.ns, self.count
+        self.ns = {"__builtins__": _builtins_module}
+        try:
+            self.execute(cid, "1+1")
+        finally:
+            self.ns = saved_ns
+            self.count = saved_count
 
     def execute(self, cid, code):
         t0 = _perf()

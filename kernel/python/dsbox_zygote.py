@@ -9,7 +9,7 @@ Runtime -> zygote:
   {"type":"ping","id":N}          {"type":"shutdown"}
 Zygote -> runtime:
   {"type":"ready","pid":P,"python":"3.11.2","preloaded":[...],"failed":[[name,error]]}
-  {"type":"spawned","id":N,"pid":P,"pidfd":true} + the child's pidfd
+  {"type":"spawned","id":N,"pid":P,"pidfd":true,"fork_ns":T} + the child's pidfd
   {"type":"spawn_failed","id":N,"step":S,"errno":E,"detail":D}
   {"type":"exited","id":N,"pid":P,"code":C|null,"signal":S|null}
   {"type":"pong","id":N,"children":K}      {"type":"error","detail":D}
@@ -505,6 +505,7 @@ class Zygote:
             pid = os.fork()
         except OSError as e:
             pid = -e.errno
+        fork_took_ns = time.monotonic_ns() - fork_ns
         if pid != 0 and pidfd is not None:
             try:
                 self.sys.setns("setns_pid_back", self.own_pidns, CLONE_NEWPID)
@@ -533,7 +534,8 @@ class Zygote:
         except (OSError, AttributeError):
             child_fd = None
         msg = json.dumps({"type": "spawned", "id": sid, "pid": pid,
-                          "pidfd": child_fd is not None}, separators=(",", ":")).encode()
+                          "pidfd": child_fd is not None, "fork_ns": fork_took_ns},
+                         separators=(",", ":")).encode()
         try:
             if child_fd is None:
                 self.sock.send(msg)
@@ -584,6 +586,12 @@ def main(argv=None):
         sys.stderr.write("usage: dsbox_zygote.py --control-fd N [--preload a,b]\n")
         return 2
     pin_threads()
+    # A session of its own: terminal signals (^C, ^\, hangup) sent to the runtime's
+    # process group never reach the zygote or its kernels (the runtime interrupts them).
+    try:
+        os.setsid()
+    except OSError:
+        pass  # already a session or group leader
     gc.disable()  # no collections while preloading; children enable it again
     kernel = sys.modules.get("dsbox_kernel")
     if kernel is None:

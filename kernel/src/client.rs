@@ -359,13 +359,27 @@ impl KernelClient {
     /// kernel was lost before, or the code is too large); a kernel lost during the cell
     /// gives `Ok` with [`CellStatus::KernelLost`] and the items received so far.
     pub async fn execute(&mut self, code: &str, timeout: Duration) -> Result<CellResult> {
+        self.run(|id| Request::Execute { id, code }, timeout).await
+    }
+
+    /// Run a throwaway cell that leaves no trace (see [`Request::Warmup`]), so that the
+    /// first real cell of a freshly forked kernel is as fast as the later ones.
+    pub async fn warm_up(&mut self, timeout: Duration) -> Result<CellResult> {
+        self.run(|id| Request::Warmup { id }, timeout).await
+    }
+
+    async fn run<'a>(
+        &mut self,
+        request: impl FnOnce(u64) -> Request<'a>,
+        timeout: Duration,
+    ) -> Result<CellResult> {
         if let Some(reason) = &self.lost {
             return Err(KernelError::Lost {
                 reason: reason.clone(),
             });
         }
         let id = self.next_id;
-        let frame = encode_request(&Request::Execute { id, code })?;
+        let frame = encode_request(&request(id))?;
         self.next_id += 1;
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + timeout);

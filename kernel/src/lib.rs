@@ -46,7 +46,7 @@ pub use pool::{
     KernelManager, KernelTimings, ManagerConfig, SandboxError, Template, TemplateStats,
 };
 pub use protocol::{MimeBundle, StreamName};
-pub use sandbox::{AcquireOptions, AcquireTimings, DataMount, SandboxKernel};
+pub use sandbox::{AcquireOptions, AcquireTimings, DataMount, Interrupter, SandboxKernel};
 pub use standalone::{StandaloneConfig, StandaloneKernel};
 pub use supervisor::ZygoteState;
 pub use template::{KernelLimits, TemplateConfig, TemplateRootfs};

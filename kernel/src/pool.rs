@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use dsbox_runtime::attach::AttachError;
+use dsbox_runtime::attach::{self, AttachError, MountEdit};
 use dsbox_runtime::process::message::monotonic_ns;
 use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
 use serde::Serialize;
@@ -452,6 +452,8 @@ pub struct KernelTimings {
     pub kernel_ready_ns: Option<u64>,
     /// When each join step ended in the child (reported by the kernel).
     pub join_steps: Vec<(String, u64)>,
+    /// How long `fork()` took in the zygote (ns, reported by the zygote).
+    pub zygote_fork_ns: Option<u64>,
     /// The hello arrived: the first cell is accepted from here on.
     pub ready_ns: u64,
 }
@@ -549,22 +551,24 @@ impl Template {
     /// ```
     pub async fn acquire(&self, options: AcquireOptions) -> Result<SandboxKernel> {
         let request_ns = monotonic_ns();
-        let edits = options.mount_edits(&self.inner.scratch)?;
+        options.validate()?;
         let t = &self.inner;
         t.last_acquire_ns.store(request_ns, Ordering::Relaxed);
         let popped = t.lock_pool().pop_front();
         t.refill.notify_one();
-        let (ready, hit) = match popped {
-            Some(r) => {
+        match popped {
+            Some(ready) => {
                 t.stats.pool_hits.fetch_add(1, Ordering::Relaxed);
-                (r, true)
+                let edits = options.pooled_edits(&t.scratch);
+                SandboxKernel::from_ready(t.clone(), ready, &edits, request_ns, true)
             }
             None => {
                 t.stats.pool_misses.fetch_add(1, Ordering::Relaxed);
-                (t.create(request_ns, true).await?, false)
+                let edits = options.fresh_edits(&t.scratch);
+                let ready = t.create(request_ns, true, &edits, false).await?;
+                SandboxKernel::from_ready(t.clone(), ready, &[], request_ns, false)
             }
-        };
-        SandboxKernel::from_ready(self.inner.clone(), ready, &edits, request_ns, hit)
+        }
     }
 
     /// Wait until the zygote has started (or failed to); returns its state. A failed
@@ -653,20 +657,34 @@ impl TemplateInner {
         }
     }
 
-    /// A new shell with a joined kernel. `wait`: wait for room under the caps. A zygote
-    /// that dies during the spawn is waited for and asked again, once, with a new shell
-    /// (the old one may hold a half-joined child).
-    async fn create(&self, request_ns: u64, wait: bool) -> Result<Ready> {
-        match self.create_once(request_ns, wait).await {
+    /// A new shell with a joined kernel. `wait`: wait for room under the caps. `edits`:
+    /// mount changes made to the shell while the zygote forks the kernel. `warm`: run a
+    /// throwaway cell before returning (pool refills: the user's first cell is then as
+    /// fast as later ones). A zygote that dies during the spawn is waited for and asked
+    /// again, once, with a new shell (the old one may hold a half-joined child).
+    async fn create(
+        &self,
+        request_ns: u64,
+        wait: bool,
+        edits: &[MountEdit],
+        warm: bool,
+    ) -> Result<Ready> {
+        match self.create_once(request_ns, wait, edits, warm).await {
             Err(SandboxError::ZygoteDied { template, reason }) => {
                 tracing::debug!(%template, "retrying a spawn after the zygote died: {reason}");
-                self.create_once(request_ns, wait).await
+                self.create_once(request_ns, wait, edits, warm).await
             }
             other => other,
         }
     }
 
-    async fn create_once(&self, request_ns: u64, wait: bool) -> Result<Ready> {
+    async fn create_once(
+        &self,
+        request_ns: u64,
+        wait: bool,
+        edits: &[MountEdit],
+        warm: bool,
+    ) -> Result<Ready> {
         let permit = self.manager.admit(wait, Some(self)).await?;
         let slot = self
             .manager
@@ -684,11 +702,34 @@ impl TemplateInner {
                     source,
                 })?;
         drop(slot);
+        // Init out of the caller's process group: a ^C (or ^\, ^Z, a hangup) at the
+        // terminal of a CLI must reach the CLI, which interrupts the kernel itself, not
+        // end the shell (init ends on a terminating signal). The zygote and its
+        // children have a session of their own (see dsbox_zygote.main).
+        // SAFETY: setpgid on our own child (init is the runtime's child), which never execs.
+        unsafe { libc::setpgid(shell.pid(), shell.pid()) };
         let shell_ready_ns = monotonic_ns();
-        match self
-            .spawn_kernel(&shell, request_ns, Some(shell_ready_ns))
-            .await
-        {
+        let result = async {
+            let (req, runtime_end) = self.prepare_spawn(&shell)?;
+            // The request goes out now; the mount edits (~0.1 ms) overlap the fork.
+            let reply = self.zygote.spawn(req)?;
+            let edited = attach::apply(&shell, edits);
+            let mut kernel = self
+                .connect_spawned(reply.await?, runtime_end, request_ns, Some(shell_ready_ns))
+                .await?;
+            edited?;
+            if warm {
+                let cell = kernel.client.warm_up(Duration::from_secs(30)).await?;
+                if cell.needs_restart() {
+                    return Err(SandboxError::Kernel(KernelError::Lost {
+                        reason: crate::client::LostReason::Exited,
+                    }));
+                }
+            }
+            Ok(kernel)
+        }
+        .await;
+        match result {
             Ok(kernel) => {
                 self.stats.created.fetch_add(1, Ordering::Relaxed);
                 Ok(Ready {
@@ -743,17 +784,6 @@ impl TemplateInner {
     }
 
     /// Fork a kernel into `shell` and wait for its hello.
-    pub(crate) async fn spawn_kernel(
-        &self,
-        shell: &Sandbox,
-        request_ns: u64,
-        shell_ready_ns: Option<u64>,
-    ) -> Result<KernelProc> {
-        let (req, runtime_end) = self.prepare_spawn(shell)?;
-        self.finish_spawn(req, runtime_end, request_ns, shell_ready_ns)
-            .await
-    }
-
     pub(crate) async fn finish_spawn(
         &self,
         req: SpawnRequest,
@@ -761,7 +791,19 @@ impl TemplateInner {
         request_ns: u64,
         shell_ready_ns: Option<u64>,
     ) -> Result<KernelProc> {
-        let reply = self.zygote.spawn(req).await?;
+        let reply = self.zygote.spawn(req)?.await?;
+        self.connect_spawned(reply, runtime_end, request_ns, shell_ready_ns)
+            .await
+    }
+
+    /// The zygote forked the kernel: wait for its hello on the channel.
+    async fn connect_spawned(
+        &self,
+        reply: crate::supervisor::SpawnReply,
+        runtime_end: std::os::unix::net::UnixStream,
+        request_ns: u64,
+        shell_ready_ns: Option<u64>,
+    ) -> Result<KernelProc> {
         let pidfd = Arc::new(reply.pidfd.ok_or_else(|| SandboxError::ZygoteUnavailable {
             template: self.name.clone(),
             reason: "it did not send the child's pidfd (Python without os.pidfd_open?)".into(),
@@ -791,6 +833,7 @@ impl TemplateInner {
                 .as_ref()
                 .map(|t| t.steps.clone())
                 .unwrap_or_default(),
+            zygote_fork_ns: reply.fork_ns,
             ready_ns: info.hello_received_ns,
         };
         Ok(KernelProc {
@@ -851,7 +894,8 @@ async fn refill_loop(weak: Weak<TemplateInner>, notify: Arc<Notify>) {
                     let n = notify.clone();
                     tokio::spawn(async move {
                         let Some(t) = w.upgrade() else { return };
-                        let result = t.create(monotonic_ns(), false).await;
+                        let edits = AcquireOptions::default().fresh_edits(&t.scratch);
+                        let result = t.create(monotonic_ns(), false, &edits, true).await;
                         t.inflight.fetch_sub(1, Ordering::Relaxed);
                         match result {
                             Ok(ready) => {

@@ -53,6 +53,10 @@ pub enum ProtocolError {
 pub enum Request<'a> {
     /// Run one cell.
     Execute { id: u64, code: &'a str },
+    /// Run a throwaway `1+1` through the whole cell path, leaving no trace (execution
+    /// count, namespace, `_` unchanged): the first cell of a freshly forked kernel
+    /// touches pages and caches that later ones reuse, so a pool warms its kernels.
+    Warmup { id: u64 },
     /// Exit cleanly (the kernel flushes C stdio buffers and exits 0).
     Shutdown,
 }
@@ -287,7 +291,7 @@ pub fn encode_request(req: &Request<'_>) -> Result<Vec<u8>, ProtocolError> {
 fn request_code_len(req: &Request<'_>) -> usize {
     match req {
         Request::Execute { code, .. } => code.len(),
-        Request::Shutdown => 0,
+        Request::Warmup { .. } | Request::Shutdown => 0,
     }
 }
 

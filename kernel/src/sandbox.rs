@@ -54,9 +54,8 @@ pub struct AcquireOptions {
 }
 
 impl AcquireOptions {
-    /// The mount changes these options make to a pooled shell.
-    pub(crate) fn mount_edits(&self, scratch: &[PathBuf]) -> Result<Vec<MountEdit>> {
-        let mut edits = Vec::new();
+    /// Check the data mounts (destinations below /data, sources that exist).
+    pub(crate) fn validate(&self) -> Result<()> {
         for d in &self.data {
             let bad = |reason| SandboxError::BadDataMount {
                 destination: d.destination.clone(),
@@ -77,24 +76,60 @@ impl AcquireOptions {
             if !d.source.exists() {
                 return Err(bad("its source does not exist on the host"));
             }
-            edits.push(MountEdit::AttachReadOnly {
-                source: d.source.clone(),
-                destination: d.destination.clone(),
-            });
         }
-        // Mount points made: nothing more is written to /data.
+        Ok(())
+    }
+
+    fn attach(&self) -> impl Iterator<Item = MountEdit> + '_ {
+        self.data.iter().map(|d| MountEdit::AttachReadOnly {
+            source: d.source.clone(),
+            destination: d.destination.clone(),
+        })
+    }
+
+    /// The mount changes for a shell as the runtime made it (/data and /submission
+    /// writable): attach the data, then make /data (and /submission unless it stays
+    /// writable) read-only. Pooled shells get these for the default options before
+    /// their kernel is ready.
+    pub(crate) fn fresh_edits(&self, scratch: &[PathBuf]) -> Vec<MountEdit> {
+        let mut edits: Vec<MountEdit> = self.attach().collect();
         edits.push(MountEdit::MakeReadOnly {
             path: PathBuf::from(DATA_DIR),
         });
-        let submission = Path::new("/submission");
+        let submission = Path::new(SUBMISSION_DIR);
         if !self.writable_submission && scratch.iter().any(|d| d == submission) {
             edits.push(MountEdit::MakeReadOnly {
                 path: submission.to_path_buf(),
             });
         }
-        Ok(edits)
+        edits
+    }
+
+    /// The mount changes for a pooled shell (prepared with the default options' edits):
+    /// nothing for the default options.
+    pub(crate) fn pooled_edits(&self, scratch: &[PathBuf]) -> Vec<MountEdit> {
+        let mut edits = Vec::new();
+        if !self.data.is_empty() {
+            edits.push(MountEdit::MakeWritable {
+                path: PathBuf::from(DATA_DIR),
+            });
+            edits.extend(self.attach());
+            edits.push(MountEdit::MakeReadOnly {
+                path: PathBuf::from(DATA_DIR),
+            });
+        }
+        let submission = Path::new(SUBMISSION_DIR);
+        if self.writable_submission && scratch.iter().any(|d| d == submission) {
+            edits.push(MountEdit::MakeWritable {
+                path: submission.to_path_buf(),
+            });
+        }
+        edits
     }
 }
+
+/// The scratch dir a task's answer goes to.
+const SUBMISSION_DIR: &str = "/submission";
 
 /// How an acquire went (CLOCK_MONOTONIC ns).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -163,6 +198,17 @@ impl Drop for Busy {
     }
 }
 
+/// Interrupts one kernel process (see [`SandboxKernel::interrupter`]).
+#[derive(Debug, Clone)]
+pub struct Interrupter(Arc<std::os::fd::OwnedFd>);
+
+impl Interrupter {
+    /// Send SIGINT to the kernel (through its pidfd: never another process).
+    pub fn interrupt(&self) -> std::io::Result<()> {
+        crate::pool::pidfd_signal(&self.0, libc::SIGINT)
+    }
+}
+
 /// A sandbox with a persistent kernel, from [`crate::Template::acquire`]. One task uses
 /// it at a time (`&mut self`); many sandboxes may be used from many tasks at once.
 pub struct SandboxKernel {
@@ -207,7 +253,9 @@ impl SandboxKernel {
             uid: SANDBOX_UID,
             gid: SANDBOX_GID,
         };
-        let oom_kills_seen = shell.cgroup().map_or(0, |c| c.oom_kills);
+        // Nothing ran in the shell before: no OOM kill yet (reading the counters would
+        // cost four cgroup file reads on the acquire path).
+        let oom_kills_seen = 0;
         let shared = Arc::new(SandboxShared {
             id: shell.id().to_owned(),
             slot: Mutex::new(Slot {
@@ -254,6 +302,12 @@ impl SandboxKernel {
     /// Host pid of the current kernel process.
     pub fn kernel_pid(&self) -> Option<u32> {
         self.kernel.as_ref().map(|k| k.pid)
+    }
+
+    /// Something that interrupts the current kernel (SIGINT: `KeyboardInterrupt` in the
+    /// running cell) from another task, e.g. on ^C in a REPL while `execute` runs.
+    pub fn interrupter(&self) -> Option<Interrupter> {
+        self.kernel.as_ref().map(|k| Interrupter(k.pidfd.clone()))
     }
 
     /// Host pid of the sandbox's init.

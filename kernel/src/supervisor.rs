@@ -88,6 +88,8 @@ pub(crate) struct SpawnReply {
     /// The request went out to the zygote / its reply came back (CLOCK_MONOTONIC ns).
     pub sent_ns: u64,
     pub replied_ns: u64,
+    /// How long fork() took in the zygote.
+    pub fork_ns: Option<u64>,
 }
 
 enum Command {
@@ -140,13 +142,21 @@ impl ZygoteHandle {
         }
     }
 
-    /// Ask the zygote for a kernel child.
-    pub async fn spawn(&self, req: SpawnRequest) -> Result<SpawnReply, SandboxError> {
+    /// Ask the zygote for a kernel child: the request is queued at once; the returned
+    /// future gives the reply.
+    pub fn spawn(
+        &self,
+        req: SpawnRequest,
+    ) -> Result<
+        impl std::future::Future<Output = Result<SpawnReply, SandboxError>> + use<>,
+        SandboxError,
+    > {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Spawn(req, reply))
             .map_err(|_| self.gone())?;
-        rx.await.map_err(|_| self.gone())?
+        let gone = self.gone();
+        Ok(async move { rx.await.map_err(|_| gone)? })
     }
 
     /// Round trip to the zygote: how many children it has not reaped yet.
@@ -396,7 +406,7 @@ impl Supervisor {
                         return End::Died(reason);
                     }
                     Ok((event, mut fds)) => match event {
-                        ZygoteEvent::Spawned { id, pid, pidfd } => {
+                        ZygoteEvent::Spawned { id, pid, pidfd, fork_ns } => {
                             let Some((reply, sent_ns)) = pending.remove(&id) else { continue };
                             let (exit_tx, exit_rx) = oneshot::channel();
                             exits.insert(id, exit_tx);
@@ -407,6 +417,7 @@ impl Supervisor {
                                 exit: exit_rx,
                                 sent_ns,
                                 replied_ns: monotonic_ns(),
+                                fork_ns,
                             }));
                         }
                         ZygoteEvent::SpawnFailed { id, step, errno, detail } => {

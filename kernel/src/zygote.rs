@@ -98,6 +98,9 @@ pub enum ZygoteEvent {
         pid: u32,
         #[serde(default)]
         pidfd: bool,
+        /// How long `fork()` took in the zygote (ns).
+        #[serde(default)]
+        fork_ns: Option<u64>,
     },
     /// No child was forked: the step (`fds`, `setns_pid`, `fork`) and errno.
     SpawnFailed {
@@ -255,6 +258,7 @@ impl Zygote {
                     id: got,
                     pid,
                     pidfd,
+                    ..
                 } if got == id => {
                     runtime_end.set_nonblocking(true)?;
                     return Ok(SpawnedKernel {

@@ -54,6 +54,8 @@ pub enum MountEdit {
     },
     /// Make the mount at `path` read-only (e.g. a scratch dir a task may not write).
     MakeReadOnly { path: PathBuf },
+    /// Make the mount at `path` writable again (undo [`MountEdit::MakeReadOnly`]).
+    MakeWritable { path: PathBuf },
 }
 
 /// Why an edit failed. The sandbox is unchanged by the failed edit and by every later one;
@@ -102,6 +104,9 @@ enum Op {
     SetReadOnly {
         path: CString,
     },
+    SetWritable {
+        path: CString,
+    },
 }
 
 impl Op {
@@ -111,6 +116,7 @@ impl Op {
             Op::CreateFile { .. } => "create mount point",
             Op::MoveMount { .. } => "move_mount to",
             Op::SetReadOnly { .. } => "mount_setattr(MOUNT_ATTR_RDONLY) on",
+            Op::SetWritable { .. } => "mount_setattr(clear MOUNT_ATTR_RDONLY) on",
         }
     }
 
@@ -119,7 +125,8 @@ impl Op {
             Op::Mkdir { path }
             | Op::CreateFile { path }
             | Op::MoveMount { path, .. }
-            | Op::SetReadOnly { path } => path,
+            | Op::SetReadOnly { path }
+            | Op::SetWritable { path } => path,
         };
         PathBuf::from(c.to_string_lossy().into_owned())
     }
@@ -253,10 +260,11 @@ extern "C" fn helper(arg: *mut libc::c_void) -> libc::c_int {
                     path.as_ptr(),
                     MOVE_MOUNT_F_EMPTY_PATH,
                 ),
-                Op::SetReadOnly { path } => {
+                Op::SetReadOnly { path } | Op::SetWritable { path } => {
+                    let read_only = matches!(op, Op::SetReadOnly { .. });
                     let attr = MountAttr {
-                        attr_set: MOUNT_ATTR_RDONLY,
-                        attr_clr: 0,
+                        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+                        attr_clr: if read_only { 0 } else { MOUNT_ATTR_RDONLY },
                         propagation: 0,
                         userns_fd: 0,
                     };
@@ -412,6 +420,12 @@ pub fn apply(sandbox: &Sandbox, edits: &[MountEdit]) -> Result<(), AttachError> 
             MountEdit::MakeReadOnly { path } => {
                 let path = destination(path)?;
                 ops.push(Op::SetReadOnly {
+                    path: cstring(&path)?,
+                });
+            }
+            MountEdit::MakeWritable { path } => {
+                let path = destination(path)?;
+                ops.push(Op::SetWritable {
                     path: cstring(&path)?,
                 });
             }

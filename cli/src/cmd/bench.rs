@@ -17,9 +17,58 @@ pub enum BenchCommand {
     Start(StartArgs),
     /// P7: evaluation throughput with an instant scripted model vs a fresh python per cell.
     Eval(super::eval::BenchEvalArgs),
+    /// P1, P2, P3, P5, P6: sandboxed kernels (zygote fork, warm pool, `1+1` round trip,
+    /// 1,000 live, create+destroy rate with a leak check), each beside its baseline.
+    Kernel(KernelArgs),
     /// Synthetic-data pipeline throughput (queries, rollouts, filter, export) with an
     /// instant fake model vs a fresh python per cell.
     Synth(super::synth::BenchSynthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KernelArgs {
+    /// The rootfs (name or profile; the `bench` profile holds the Jupyter baseline's
+    /// jupyter_client + ipykernel).
+    #[arg(long, value_name = "NAME", default_value = "bench")]
+    rootfs: String,
+    /// Fail instead of building a rootfs that is not in the store yet.
+    #[arg(long)]
+    no_build: bool,
+    /// The rootfs store [default: $DSBOX_STORE or ~/.local/share/dsbox/rootfs].
+    #[arg(long, value_name = "DIR")]
+    store: Option<std::path::PathBuf>,
+    /// Which figures, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "p1,p2,p3,p5,p6"
+    )]
+    only: Vec<String>,
+    /// P1/P2 repetitions.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Repetitions of the fresh-import baseline (~0.5 s each).
+    #[arg(long, default_value_t = 20)]
+    baseline_runs: usize,
+    /// P3 round trips on each side.
+    #[arg(long, default_value_t = 2000)]
+    roundtrips: usize,
+    /// P5: sandboxes alive at once (the target is about 1,000).
+    #[arg(long, default_value_t = 1000)]
+    live: usize,
+    /// P6: create+destroy cycles (the target is about 10,000).
+    #[arg(long, default_value_t = 10_000)]
+    cycles: usize,
+    /// Sandboxes made at once in P5 and P6.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Ready kernels in P2's pool.
+    #[arg(long, default_value_t = 4)]
+    pool: usize,
+    /// Print the full result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,8 +85,47 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::Start(a) => start(a),
         BenchCommand::Eval(a) => super::eval::bench(a),
+        BenchCommand::Kernel(a) => kernel(a),
         BenchCommand::Synth(a) => super::synth::bench(a),
     }
+}
+
+fn kernel(args: KernelArgs) -> anyhow::Result<ExitCode> {
+    for fig in &args.only {
+        anyhow::ensure!(
+            ["p1", "p2", "p3", "p5", "p6"].contains(&fig.to_ascii_lowercase().as_str()),
+            "--only {fig}: expected a comma-separated list of p1, p2, p3, p5, p6 (P4 is the HTTP service's: `dsbox bench serve`)"
+        );
+    }
+    anyhow::ensure!(
+        args.runs >= 10,
+        "--runs must be at least 10 (got {})",
+        args.runs
+    );
+    anyhow::ensure!(
+        args.baseline_runs >= 3,
+        "--baseline-runs must be at least 3 (got {})",
+        args.baseline_runs
+    );
+    anyhow::ensure!(args.pool >= 1, "--pool must be at least 1");
+    let rootfs = super::rootfs::ensure_rootfs(&args.rootfs, args.store.as_deref(), args.no_build)?;
+    let cfg = dsbox_bench::kernel::KernelBenchConfig {
+        runs: args.runs,
+        baseline_runs: args.baseline_runs,
+        roundtrips: args.roundtrips.max(10),
+        live: args.live.max(1),
+        cycles: args.cycles.max(1),
+        concurrency: args.concurrency.max(1),
+        pool_size: args.pool,
+        only: args.only.iter().map(|s| s.to_ascii_lowercase()).collect(),
+    };
+    let result = dsbox_bench::kernel::run(&rootfs, &cfg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", result.summary());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
