@@ -7,6 +7,8 @@
 mod audit;
 mod bad_input;
 mod pipeline;
+mod resume;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
