@@ -4,6 +4,7 @@
 //! kernels (real shells, the zygote in its own sandbox) as root.
 
 mod cells;
+mod cli;
 mod limits;
 mod malicious;
 mod sandboxed;

@@ -793,7 +793,8 @@ fn a_dead_zygote_is_restarted_and_live_kernels_keep_working() {
         let mut c = config();
         c.pool_size = 0;
         c.limits.pids = Some(254); // its own template: this test kills its zygote
-        let t = manager().template(c).unwrap();
+        let m = KernelManager::new(ManagerConfig::default());
+        let t = m.template(c).unwrap();
         let mut a = acquire(&t, AcquireOptions::default()).await;
         cell(&mut a, "x = 'alive'").await;
         let pid = t.zygote_pid().expect("the zygote is up");
@@ -808,6 +809,7 @@ fn a_dead_zygote_is_restarted_and_live_kernels_keep_working() {
             "the kernel outlives its zygote"
         );
         let mut b = acquire(&t, AcquireOptions::default()).await;
+        assert_eq!(m.live(), 2, "the restart lost no sandbox from the count");
         assert_eq!(cell(&mut b, "1 + 1").await.result_text(), Some("2"));
         let stats = t.stats();
         assert!(
@@ -820,6 +822,7 @@ fn a_dead_zygote_is_restarted_and_live_kernels_keep_working() {
         assert_eq!(cell(&mut a, "2 + 2").await.result_text(), Some("4"));
         a.close().await.unwrap();
         b.close().await.unwrap();
+        assert_eq!(m.live(), 0);
     });
 }
 
@@ -889,5 +892,90 @@ fn closed_sandboxes_leave_no_process_cgroup_or_state_record() {
             assert!(paths.iter().all(|p| !p.exists()), "{paths:?}");
             assert!(!state_file(&id).exists());
         }
+    });
+}
+
+#[test]
+fn the_zygote_preloads_the_modules_the_template_names() {
+    require_root!();
+    block_on(async {
+        let mut c = config();
+        c.pool_size = 0;
+        c.preload = [
+            "pandas",
+            "numpy",
+            "sklearn",
+            "scipy",
+            "statsmodels",
+            "matplotlib",
+        ]
+        .map(String::from)
+        .to_vec();
+        let t = manager().template(c).unwrap();
+        match t.wait_ready().await.unwrap() {
+            ZygoteState::Up {
+                failed, preloaded, ..
+            } => {
+                assert!(failed.is_empty(), "{failed:?}");
+                assert_eq!(preloaded.len(), 6);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut sb = acquire(&t, AcquireOptions::default()).await;
+        let c = cell(
+            &mut sb,
+            "import sys, os\n(all(m in sys.modules for m in ('sklearn', 'scipy', 'statsmodels', 'matplotlib.pyplot')), os.environ.get('OPENBLAS_NUM_THREADS'))",
+        )
+        .await;
+        // Loaded before the fork; the BLAS thread pins were read at load time (the
+        // kernel's own environment is the sandbox's, without them).
+        assert_eq!(c.result_text(), Some("(True, None)"), "{c:?}");
+        let c = cell(
+            &mut sb,
+            "import threadpoolctl\nmax(p['num_threads'] for p in threadpoolctl.threadpool_info())",
+        )
+        .await;
+        assert_eq!(
+            c.result_text(),
+            Some("1"),
+            "BLAS/OpenMP pools have one thread: {c:?}"
+        );
+        sb.close().await.unwrap();
+    });
+}
+
+#[test]
+fn many_tasks_use_their_own_sandboxes_at_once() {
+    require_root!();
+    block_on(async {
+        let mut c = config();
+        c.pool_size = 0;
+        c.limits.pids = Some(253); // a template of its own
+        let m = KernelManager::new(ManagerConfig::default());
+        let t = m.template(c).unwrap();
+        let tasks: Vec<_> = (0..24)
+            .map(|i| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    let mut sb = t.acquire(AcquireOptions::default()).await.unwrap();
+                    sb.execute(&format!("mine = {i}"), CELL).await.unwrap();
+                    sb.upload("/workdir/who.txt", format!("{i}").as_bytes())
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                    let c = sb
+                        .execute("(mine, open('/workdir/who.txt').read())", CELL)
+                        .await
+                        .unwrap();
+                    sb.close().await.unwrap();
+                    (i, c.result_text().map(str::to_owned))
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (i, got) = task.await.unwrap();
+            assert_eq!(got, Some(format!("({i}, '{i}')")));
+        }
+        assert_eq!(m.live(), 0, "every permit was given back");
     });
 }

@@ -1,0 +1,176 @@
+//! `dsbox exec` and `dsbox shell` as a user runs them (the binary, a rootfs from the test
+//! store, real sandboxes), as root.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::{is_root, test_rootfs};
+
+fn dsbox(args: &[&str], stdin: &str, cwd: &std::path::Path) -> Output {
+    let rootfs = test_rootfs();
+    let store = rootfs
+        .object_dir
+        .parent()
+        .and_then(|objects| objects.parent())
+        .expect("the store of the test rootfs")
+        .to_path_buf();
+    let mut child = Command::new(dsbox_tests::dsbox_bin())
+        .args(args)
+        .args(["--store", store.to_str().unwrap(), "--no-build"])
+        .current_dir(cwd)
+        .env("DSBOX_PROFILES", "/nonexistent-dsbox-profiles")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dsbox");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: sandboxed kernels need root");
+            return;
+        }
+    };
+}
+
+#[test]
+fn dsbox_exec_prints_outputs_saves_figures_and_exits_nonzero_on_an_error() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.csv");
+    std::fs::write(&data, "a,b\n1,2\n3,4\n").unwrap();
+    let code = "import pandas as pd, sys, os\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\nos.write(1, b'fd write\\n')\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\nint(pd.read_csv('/data/train.csv').b.sum())";
+    let out = dsbox(
+        &[
+            "exec",
+            "--rootfs",
+            "analysis",
+            "--data",
+            data.to_str().unwrap(),
+            "--images",
+            dir.path().join("figs").to_str().unwrap(),
+            code,
+        ],
+        "",
+        dir.path(),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let figure = dir.path().join("figs/image-1.png");
+    assert_eq!(
+        stdout,
+        format!(
+            "to stdout\nfd write\n[<Figure size 640x480 with 1 Axes> saved to {}]\n6\n",
+            figure.display()
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("to stderr"), "{stderr}");
+    assert_eq!(&std::fs::read(&figure).unwrap()[..4], b"\x89PNG");
+
+    // Code from stdin; an error item: traceback on stderr, exit code 1.
+    let out = dsbox(
+        &["exec", "--rootfs", "analysis", "-"],
+        "x = 1\n1 / 0\n",
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("ZeroDivisionError: division by zero"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "no ANSI codes: {stderr}");
+
+    // A timeout: interrupted, reported, exit code 1.
+    let out = dsbox(
+        &[
+            "exec",
+            "--rootfs",
+            "analysis",
+            "--timeout",
+            "1s",
+            "import time; time.sleep(30)",
+        ],
+        "",
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("TimeoutError"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // JSON.
+    let out = dsbox(
+        &["exec", "--rootfs", "analysis", "--json", "6 * 7"],
+        "",
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["result"]["items"][0]["data"]["text/plain"], "42", "{j}");
+    assert_eq!(j["timings"]["pool_hit"], false);
+
+    // Bad input: one line, exit 125.
+    for (args, expect) in [
+        (
+            vec![
+                "exec",
+                "--rootfs",
+                "analysis",
+                "--data",
+                "/nonexistent/x.csv",
+                "1",
+            ],
+            "cannot open",
+        ),
+        (
+            vec!["exec", "--rootfs", "analysis", "--timeout", "soon", "1"],
+            "invalid duration",
+        ),
+        (
+            vec!["exec", "--rootfs", "no-such-rootfs", "1"],
+            "no-such-rootfs",
+        ),
+    ] {
+        let out = dsbox(&args, "", dir.path());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn dsbox_shell_keeps_state_between_inputs_and_continues_blocks() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let input = "x = 40\nfor i in range(2):\n    x += i\n\nx + 1\ndef f(a,\n      b):\n    return a * b\n\nf(6, 7)\nimport nope\nprint('after error', x)\n";
+    let out = dsbox(&["shell", "--rootfs", "analysis"], input, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        stdout, "Out[3]: 42\nOut[5]: 42\nafter error 41\n",
+        "{stderr}"
+    );
+    assert!(stderr.contains("ModuleNotFoundError"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the last input succeeded: {stderr}"
+    );
+}
