@@ -90,7 +90,8 @@ pub struct ModelArgs {
 /// Where code runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxOpts {
-    /// Root filesystem of the sandboxes (default: `analysis`; with --resume, the run's).
+    /// Root filesystem of the sandboxes (default: the run's own when continuing or checking
+    /// a run, else `analysis`).
     #[arg(long)]
     pub rootfs: Option<String>,
     /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
