@@ -74,6 +74,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log, cli.log_format == "json");
+    if prints_a_report(&cli.command) {
+        restore_default_sigpipe();
+    }
     let failure_code = match cli.command {
         Command::Run(_) | Command::Exec(_) => 125,
         _ => 1,
@@ -84,6 +87,30 @@ fn main() -> ExitCode {
             eprintln!("dsbox: error: {err:#}");
             ExitCode::from(failure_code)
         }
+    }
+}
+
+/// Commands that only print a report to stdout. For them a closed pipe (`dsbox doctor |
+/// head`) should end the process quietly, as for any Unix filter, instead of making
+/// `println!` panic. Long-running commands (serve, eval, run, ...) keep Rust's default of
+/// ignoring SIGPIPE, so a vanished peer is an error they handle, never a silent death.
+fn prints_a_report(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Doctor(_)
+            | Command::Gc(_)
+            | Command::Rootfs(_)
+            | Command::Tasks(_)
+            | Command::Score(_)
+            | Command::Report(_)
+    )
+}
+
+fn restore_default_sigpipe() {
+    // SAFETY: called once at start-up before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE and no handler code is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
