@@ -3,5 +3,6 @@
 
 pub mod eval;
 pub mod kernel;
+pub mod serve;
 pub mod start;
 pub mod synth;

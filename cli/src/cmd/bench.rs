@@ -23,6 +23,37 @@ pub enum BenchCommand {
     /// Synthetic-data pipeline throughput (queries, rollouts, filter, export) with an
     /// instant fake model vs a fresh python per cell.
     Synth(super::synth::BenchSynthArgs),
+    /// P4 beside P3 (`1+1` over HTTP vs the kernel client), and the HTTP service under
+    /// load: N concurrent clients x M executes, errors, p50/p99, the server's peak RSS.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The rootfs (name or profile).
+    #[arg(long, value_name = "NAME", default_value = dsbox_rootfs::DEFAULT_PROFILE)]
+    rootfs: String,
+    /// Fail instead of building a rootfs that is not in the store yet.
+    #[arg(long)]
+    no_build: bool,
+    /// The rootfs store [default: $DSBOX_STORE or ~/.local/share/dsbox/rootfs].
+    #[arg(long, value_name = "DIR")]
+    store: Option<std::path::PathBuf>,
+    /// Concurrent clients of the load test.
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Executes per client.
+    #[arg(long, default_value_t = 50)]
+    executes: usize,
+    /// Sequential `1+1` round trips of P3 and of P4.
+    #[arg(long, default_value_t = 2000)]
+    roundtrips: usize,
+    /// Ready kernels in the server's pool.
+    #[arg(long, default_value_t = 16)]
+    pool: usize,
+    /// Print the full result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,8 +117,40 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Start(a) => start(a),
         BenchCommand::Eval(a) => super::eval::bench(a),
         BenchCommand::Kernel(a) => kernel(a),
+        BenchCommand::Serve(a) => serve(a),
         BenchCommand::Synth(a) => super::synth::bench(a),
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
+    anyhow::ensure!(args.executes >= 1, "--executes must be at least 1");
+    anyhow::ensure!(args.roundtrips >= 10, "--roundtrips must be at least 10");
+    let rootfs = super::rootfs::ensure_rootfs(&args.rootfs, args.store.as_deref(), args.no_build)?;
+    let mut rootfs_args = vec![
+        "--template".to_owned(),
+        args.rootfs.clone(),
+        "--no-build".to_owned(),
+    ];
+    if let Some(store) = &args.store {
+        rootfs_args.push("--store".into());
+        rootfs_args.push(store.display().to_string());
+    }
+    let cfg = dsbox_bench::serve::ServeBenchConfig {
+        exe: std::env::current_exe()?,
+        rootfs_args,
+        clients: args.clients,
+        executes: args.executes,
+        roundtrips: args.roundtrips,
+        pool_size: args.pool,
+    };
+    let result = dsbox_bench::serve::run(dsbox_kernel::TemplateConfig::new(&rootfs), &cfg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", result.summary());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn kernel(args: KernelArgs) -> anyhow::Result<ExitCode> {
