@@ -98,16 +98,25 @@ fn a_python_client_uses_the_documented_api_of_dsbox_serve() {
         eprintln!("note: ../shared/data/dsgym is missing: the QRData episodes are skipped");
     }
     let mut child = Command::new(dsbox_tests::dsbox_bin())
+        .args(["--log", "info", "--log-format", "json"])
         .args(&args)
         .env(
             "DSBOX_STARTER_DIR",
             target_dir().join("dsbox-serve-tests/starter"),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start dsbox serve");
     let pid = child.id();
+    // Structured logs: one JSON object per line, a `request` event per request.
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines
         .next()
@@ -153,11 +162,75 @@ fn a_python_client_uses_the_documented_api_of_dsbox_serve() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(passed, "the Python client failed:\n{stdout}");
+    let logs = logs.join().unwrap();
+    assert!(
+        passed,
+        "the Python client failed:\n{stdout}\n{}",
+        logs.join("\n")
+    );
+    let requests: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "request")
+        .collect();
+    assert!(
+        requests.iter().any(
+            |v| v["fields"]["route"] == "/session/{id}/execute" && v["fields"]["status"] == 200
+        ),
+        "JSON request logs: {:?}",
+        &logs[..logs.len().min(5)]
+    );
     assert!(status.success(), "dsbox serve exited with {status}");
     assert_eq!(
         records_of(pid),
         Vec::<PathBuf>::new(),
         "no sandbox of the server remains"
+    );
+}
+
+#[test]
+fn dsbox_bench_serve_reports_p4_beside_p3_and_the_load_figures() {
+    require_root!();
+    let _ = test_rootfs();
+    let out = Command::new(dsbox_tests::dsbox_bin())
+        .args([
+            "bench",
+            "serve",
+            "--rootfs",
+            "analysis",
+            "--no-build",
+            "--store",
+        ])
+        .arg(test_store())
+        .args([
+            "--clients",
+            "6",
+            "--executes",
+            "5",
+            "--roundtrips",
+            "20",
+            "--pool",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("run dsbox bench serve");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON out");
+    assert_eq!(v["load"]["executes"], 30);
+    assert_eq!(v["load"]["errors"], 0, "{v}");
+    assert_eq!(v["load"]["execute_latency"]["n"], 30);
+    assert_eq!(v["p3_kernel_client"]["n"], 20);
+    assert_eq!(v["p4_http"]["n"], 20);
+    assert!(v["p4_http"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["p4_over_p3"].as_f64().unwrap() > 0.0);
+    assert!(v["server_peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
+    assert_eq!(
+        v["machine"]["cores"],
+        std::thread::available_parallelism().unwrap().get()
     );
 }
