@@ -247,3 +247,44 @@ fn llm_judge_metrics_give_a_null_reward_and_say_why_without_a_judge() {
         s.delete(&format!("/v1/envs/{id}")).await;
     });
 }
+
+#[test]
+fn with_a_judge_llm_judge_metrics_give_the_judges_verdict() {
+    require_root!();
+    use dsbox_agent::fake::{FakeConfig, FakeReply, FakeServer, Script};
+    use dsbox_agent::model::{OpenAiConfig, OpenAiModel};
+    // The judge (a fake OpenAI-compatible server) says True only for the hypothesis
+    // that names the right direction.
+    let judge = block_on(FakeServer::start(
+        FakeConfig::default(),
+        Script::handler(|r| {
+            // (The prompt holds the gold hypothesis too.)
+            let verdict = !r.last_content().contains("falls");
+            FakeReply::text(format!(
+                "Compared the hypotheses.\n## The final answer is: {}",
+                if verdict { "True" } else { "False" }
+            ))
+        }),
+    ))
+    .unwrap();
+    let url = judge.base_url();
+    let s = Server::start(move |c| {
+        c.templates[0].1.pool_size = 0;
+        let model = OpenAiModel::new(OpenAiConfig::new(&url, "fake-model")).unwrap();
+        c.judge = Some(std::sync::Arc::new(model));
+        c.judge_name = Some("fake-model".into());
+    });
+    block_on(async {
+        let task = json!({"question": "How do x and y relate?", "answer": "x rises with y", "metric": {"name": "llm_score"}});
+        for (answer, reward) in [("x rises with y", 1.0), ("x falls as y rises", 0.0)] {
+            let env = create(&s, json!({"task": task})).await;
+            let id = env["env_id"].as_str().unwrap();
+            let r = step(&s, id, json!(format!("<answer>{answer}</answer>"))).await;
+            assert_eq!(r["reward"], reward, "{answer}: {r}");
+            assert!(r["info"].get("note").is_none(), "{r}");
+            s.delete(&format!("/v1/envs/{id}")).await;
+        }
+    });
+    assert!(judge.request_count() >= 2);
+    s.stop();
+}
