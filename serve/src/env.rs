@@ -160,6 +160,7 @@ impl EnvSession {
             ..Completion::default()
         };
         let interpreted = scaffold.interpret(&completion);
+        let assistant = serde_json::to_value(&interpreted.assistant).unwrap_or(Value::Null);
         st.messages.push(interpreted.assistant);
         let mut observations = Vec::new();
         let mut cells = Vec::new();
@@ -219,7 +220,20 @@ impl EnvSession {
                                 observations.push(
                                     scaffold.execution_error(call_id.as_deref(), &e.to_string()),
                                 );
-                                if matches!(e, AppError::Gone(_)) {
+                                // The sandbox is gone or no kernel can start in it: the
+                                // episode cannot go on. (Code too large is the model's
+                                // fault; the episode goes on.)
+                                let fatal = match &e {
+                                    AppError::Gone(_) => true,
+                                    AppError::Sandbox(s) => !matches!(
+                                        s,
+                                        dsbox_kernel::SandboxError::Kernel(
+                                            dsbox_kernel::KernelError::Protocol(_)
+                                        )
+                                    ),
+                                    _ => false,
+                                };
+                                if fatal {
                                     end = Some(EndReason::SandboxError);
                                     break;
                                 }
@@ -233,6 +247,8 @@ impl EnvSession {
         let mut info = serde_json::Map::new();
         info.insert("turn".into(), json!(st.turns));
         info.insert("max_turns".into(), json!(self.settings.max_turns));
+        // The reply as the conversation keeps it (cut after the first action).
+        info.insert("assistant".into(), assistant);
         if !cells.is_empty() {
             info.insert("cells".into(), Value::Array(cells));
         }

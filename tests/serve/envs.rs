@@ -53,8 +53,18 @@ fn a_starter_episode_earns_1_for_the_right_answer_and_0_for_a_wrong_one() {
         assert_eq!(env["max_turns"], 15);
 
         // Code runs; its cleaned output comes back as a user message.
-        let r = step(s, &id, json!(TOP_REGION)).await;
+        let r = step(
+            s,
+            &id,
+            json!(format!("{TOP_REGION}\nNow I wait for the output.")),
+        )
+        .await;
         assert_eq!(r["done"], false);
+        assert_eq!(
+            r["info"]["assistant"],
+            json!({"role": "assistant", "content": TOP_REGION}),
+            "the reply is cut after its first action"
+        );
         assert_eq!(r["reward"], 0.0);
         assert_eq!(r["observations"][0]["role"], "user");
         assert!(

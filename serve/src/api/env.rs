@@ -380,16 +380,16 @@ pub struct StepRequest {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StepResponse {
-    /// Messages to append after the model's reply (the reply as the scaffold cut it is
-    /// in `info`... and in GET /v1/envs/{id}).
+    /// Messages to append after the model's reply (the reply itself, cut after its first
+    /// action as the scaffold does, is `info.assistant`).
     #[schema(value_type = Vec<MessageDoc>)]
     pub observations: Vec<Message>,
     /// 0 before `done`; at `done` the task metric's score (null: it cannot be scored
     /// here, `info.note` says why).
     pub reward: Option<f64>,
     pub done: bool,
-    /// turn, max_turns, cells (status, duration), and at `done`: end_reason, answer,
-    /// metric, details, note.
+    /// turn, max_turns, assistant, cells (status, duration), images (when asked for),
+    /// and at `done`: end_reason, answer, metric, details, note.
     #[schema(value_type = Object)]
     pub info: Value,
 }
