@@ -187,19 +187,23 @@ pub struct CpuPerCycle {
     pub zygote_ms: f64,
     /// Its reaped children: the kernels (join, serve, exit).
     pub kernels_ms: f64,
+    /// Page faults (mostly copy-on-write) per cycle in the zygote and in its kernels.
+    pub zygote_faults: f64,
+    pub kernel_faults: f64,
 }
 
-/// utime, stime, cutime, cstime of `pid` in clock ticks.
-fn cpu_ticks(pid: i32) -> [u64; 4] {
+/// minflt, cminflt, majflt, cmajflt, utime, stime, cutime, cstime of `pid` (fields 10-17
+/// of /proc/<pid>/stat; times in clock ticks).
+fn proc_stat(pid: i32) -> [u64; 8] {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
     let f: Vec<u64> = rest
         .split_whitespace()
-        .skip(11)
-        .take(4)
+        .skip(7)
+        .take(8)
         .map(|v| v.parse().unwrap_or(0))
         .collect();
-    [0, 1, 2, 3].map(|i| f.get(i).copied().unwrap_or(0))
+    std::array::from_fn(|i| f.get(i).copied().unwrap_or(0))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -879,7 +883,7 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
     let cycles = per_worker * workers;
     let zygote = t.zygote_pid().unwrap_or(0);
     let me = std::process::id() as i32;
-    let (cpu_me, cpu_zygote) = (cpu_ticks(me), cpu_ticks(zygote));
+    let (cpu_me, cpu_zygote) = (proc_stat(me), proc_stat(zygote));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -904,21 +908,20 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
         );
     }
     let seconds = started.elapsed().as_secs_f64();
-    let (cpu_me2, cpu_zygote2) = (cpu_ticks(me), cpu_ticks(zygote));
+    let (cpu_me2, cpu_zygote2) = (proc_stat(me), proc_stat(zygote));
     // SAFETY: sysconf has no preconditions.
     let tick_ms = 1e3 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64);
-    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 * tick_ms / cycles.max(1) as f64;
+    let n = cycles.max(1) as f64;
+    let per = |a: &[u64; 8], b: &[u64; 8], i: usize, j: usize| {
+        (b[i] + b[j]).saturating_sub(a[i] + a[j]) as f64 * tick_ms / n
+    };
     let cpu_per_cycle = CpuPerCycle {
-        runtime_ms: per(cpu_me[0] + cpu_me[1], cpu_me2[0] + cpu_me2[1]),
-        shells_ms: per(cpu_me[2] + cpu_me[3], cpu_me2[2] + cpu_me2[3]),
-        zygote_ms: per(
-            cpu_zygote[0] + cpu_zygote[1],
-            cpu_zygote2[0] + cpu_zygote2[1],
-        ),
-        kernels_ms: per(
-            cpu_zygote[2] + cpu_zygote[3],
-            cpu_zygote2[2] + cpu_zygote2[3],
-        ),
+        runtime_ms: per(&cpu_me, &cpu_me2, 4, 5),
+        shells_ms: per(&cpu_me, &cpu_me2, 6, 7),
+        zygote_ms: per(&cpu_zygote, &cpu_zygote2, 4, 5),
+        kernels_ms: per(&cpu_zygote, &cpu_zygote2, 6, 7),
+        zygote_faults: cpu_zygote2[0].saturating_sub(cpu_zygote[0]) as f64 / n,
+        kernel_faults: cpu_zygote2[1].saturating_sub(cpu_zygote[1]) as f64 / n,
     };
     // Reaping by the zygote is asynchronous: give it a moment.
     let mut after = leak_counts(t).await;
@@ -1057,8 +1060,13 @@ impl KernelBenchResult {
             s += &row("one cycle", &p.cycle);
             let c = &p.cpu_per_cycle;
             s += &format!(
-                "  CPU per cycle: runtime {:.2} ms, shells (middle + init) {:.2} ms, zygote {:.2} ms, kernels {:.2} ms\n",
-                c.runtime_ms, c.shells_ms, c.zygote_ms, c.kernels_ms
+                "  CPU per cycle: runtime {:.2} ms, shells (middle + init) {:.2} ms, zygote {:.2} ms, kernels {:.2} ms; page faults per cycle: zygote {:.0}, kernels {:.0}\n",
+                c.runtime_ms,
+                c.shells_ms,
+                c.zygote_ms,
+                c.kernels_ms,
+                c.zygote_faults,
+                c.kernel_faults
             );
             s += &format!(
                 "  leak check before {:?}\n             after  {:?}\n",

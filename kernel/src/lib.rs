@@ -1,4 +1,5 @@
-//! dsbox-kernel: persistent Python kernels and the Rust side that talks to them.
+//! dsbox-kernel: persistent Python kernels in sandboxes, started in milliseconds, and the
+//! Rust side that talks to them.
 //!
 //! A kernel is a small Python program ([`KERNEL_PY`], embedded in the binary) that keeps
 //! one namespace across cells and talks to the runtime over its own socket, never over
@@ -6,23 +7,44 @@
 //! Jupyter-shaped items ([`OutputItem`]) capped per cell so the runtime's memory stays
 //! bounded ([`output`]).
 //!
+//! Sandboxed kernels come from a *zygote*: a Python process in a sandbox of its own that
+//! imported the template's modules (pandas + numpy by default) once and forks a child per
+//! kernel; the child joins a fresh `dsbox-runtime` shell sandbox (its cgroup, namespaces,
+//! landlock, seccomp, identity) before it runs any cell. docs/kernel.md has the details.
+//!
 //! Main types:
-//! * [`KernelClient`] — async (tokio) client of one kernel over a `UnixStream`:
-//!   [`KernelClient::execute`] returns a [`CellResult`]; timeouts interrupt the kernel
-//!   through a [`KernelControl`] the owner implements, then give it up.
+//! * [`KernelManager`] — caps shared by every template (live sandboxes, memory).
+//! * [`Template`] — one zygote ([`supervisor`], restarted when it dies) and a warm pool
+//!   of ready kernels ([`pool`]); [`Template::acquire`] hands out a [`SandboxKernel`].
+//! * [`SandboxKernel`] — `execute`, `upload`/`download` in the scratch dirs ([`files`]),
+//!   `close`; a lost kernel is replaced in the same sandbox.
+//! * [`KernelClient`] — async (tokio) client of one kernel over a `UnixStream`.
 //! * [`StandaloneKernel`] — a kernel as a plain child process (tests, trusted fallback;
 //!   **unsafe for untrusted code**: no sandbox).
-//! * [`zygote`] — the zygote's Python side ([`ZYGOTE_PY`]) and its message types: it
-//!   preloads modules, forks kernel children and joins them to sandboxes.
+//! * [`zygote`] — the zygote's Python side ([`ZYGOTE_PY`]), its messages and control
+//!   channel.
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use dsbox_kernel::{StandaloneConfig, StandaloneKernel};
-//! # async fn demo() -> dsbox_kernel::Result<()> {
-//! let mut kernel = StandaloneKernel::start(StandaloneConfig::new("/usr/bin/python3")).await?;
-//! kernel.execute("x = 20", Duration::from_secs(5)).await?;
-//! let cell = kernel.execute("x * 2 + 2", Duration::from_secs(5)).await?;
-//! assert_eq!(cell.result_text(), Some("42"));
+//! use dsbox_kernel::{AcquireOptions, DataMount, KernelManager, ManagerConfig, TemplateConfig};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = dsbox_rootfs::Store::locate(None);
+//! let rootfs = dsbox_rootfs::ensure("analysis", &dsbox_rootfs::EnsureOptions::new(store),
+//!                                   &dsbox_rootfs::Progress::hidden())?;
+//! let manager = KernelManager::new(ManagerConfig::default());
+//! let mut config = TemplateConfig::new(&rootfs); // preload: the profile's (pandas, numpy)
+//! config.pool_size = 4;
+//! let template = manager.template(config)?;
+//! let mut sandbox = template
+//!     .acquire(AcquireOptions {
+//!         data: vec![DataMount::new("/srv/task/train.csv", "/data/train.csv")],
+//!         ..AcquireOptions::default()
+//!     })
+//!     .await?;
+//! sandbox.execute("import pandas as pd; df = pd.read_csv('/data/train.csv')", Duration::from_secs(30)).await?;
+//! let cell = sandbox.execute("len(df)", Duration::from_secs(30)).await?;
+//! println!("{:?}", cell.result_text());
+//! sandbox.close().await?;
 //! # Ok(()) }
 //! ```
 

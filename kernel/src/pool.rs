@@ -693,14 +693,20 @@ impl TemplateInner {
             .await
             .map_err(|e| SandboxError::Task(e.to_string()))?;
         let spec = self.shell_spec.clone();
-        let shell =
-            tokio::task::spawn_blocking(move || Sandbox::spawn(&spec, SpawnOptions::default()))
+        let spawn = move || Sandbox::spawn(&spec, SpawnOptions::default());
+        // The fork blocks for a few ms. On a multi-threaded runtime, block in place (the
+        // worker's other tasks move elsewhere): two thread hand-offs fewer on the path
+        // to a ready kernel, which on a busy machine cost milliseconds each.
+        let spawned = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(spawn),
+            _ => tokio::task::spawn_blocking(spawn)
                 .await
-                .map_err(|e| SandboxError::Task(e.to_string()))?
-                .map_err(|source| SandboxError::Runtime {
-                    template: self.name.clone(),
-                    source,
-                })?;
+                .map_err(|e| SandboxError::Task(e.to_string()))?,
+        };
+        let shell = spawned.map_err(|source| SandboxError::Runtime {
+            template: self.name.clone(),
+            source,
+        })?;
         drop(slot);
         // Init out of the caller's process group: a ^C (or ^\, ^Z, a hangup) at the
         // terminal of a CLI must reach the CLI, which interrupts the kernel itself, not

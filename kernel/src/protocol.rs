@@ -309,8 +309,10 @@ pub struct FrameReader {
     max: usize,
 }
 
-/// Bytes read per call when no larger frame is pending.
-const READ_CHUNK: usize = 64 << 10;
+/// Bytes read per call when no larger frame is pending. Small, because every idle client
+/// keeps this much (1,000 live kernels: 8 MiB); a larger frame is read in one call once
+/// its header is in (the buffer grows to the frame's length).
+const READ_CHUNK: usize = 8 << 10;
 /// A buffer larger than this is given back once it is empty.
 const KEEP_BUFFER: usize = 1 << 20;
 
