@@ -979,3 +979,74 @@ fn many_tasks_use_their_own_sandboxes_at_once() {
         assert_eq!(m.live(), 0, "every permit was given back");
     });
 }
+
+#[test]
+fn the_agent_loop_pooled_backend_runs_episodes_on_pooled_kernels() {
+    require_root!();
+    use dsbox_agent::sandbox::{
+        DataMount as AgentData, PooledFactory, SandboxFactory, SandboxRequest,
+    };
+    let dir = task_dir("agent");
+    block_on(async {
+        let m = KernelManager::new(ManagerConfig::default());
+        let factory = PooledFactory::from_rootfs(&m, &test_rootfs(), 1).unwrap();
+        assert_eq!(factory.info().backend, "pooled");
+        factory
+            .template()
+            .wait_pool(1, Duration::from_secs(120))
+            .await;
+        let request = SandboxRequest {
+            label: "task-1#0".into(),
+            data: vec![AgentData {
+                sandbox_path: "/data/train.csv".into(),
+                host: dir.path().join("train.csv"),
+                kind: dsbox_tasks::task::DataKind::File,
+            }],
+            submission: true,
+            missing: vec![],
+        };
+        let mut sb = factory.create(&request).await.unwrap();
+        let c = sb
+            .execute(
+                "import pandas as pd\nint(pd.read_csv('/data/train.csv').a[0])",
+                CELL,
+            )
+            .await
+            .unwrap();
+        assert_eq!(c.result_text(), Some("1"), "{c:?}");
+        sb.upload("/workdir/x.txt", b"up").await.unwrap();
+        let c = sb
+            .execute(
+                "open('/submission/a.csv', 'w').write(open('/workdir/x.txt').read())",
+                CELL,
+            )
+            .await
+            .unwrap();
+        assert_eq!(c.result_text(), Some("2"), "{c:?}");
+        assert_eq!(sb.download("/submission/a.csv", 100).await.unwrap(), b"up");
+        // Outside the scratch dirs: read through the kernel.
+        assert_eq!(
+            sb.download("/data/train.csv", 100).await.unwrap(),
+            b"a,b\n1,agent\n"
+        );
+        sb.close().await.unwrap();
+        let err = factory
+            .create(&SandboxRequest {
+                label: "task-2#0".into(),
+                data: vec![AgentData {
+                    sandbox_path: "/etc/x.csv".into(),
+                    host: dir.path().join("train.csv"),
+                    kind: dsbox_tasks::task::DataKind::File,
+                }],
+                submission: false,
+                missing: vec![],
+            })
+            .await
+            .err()
+            .expect("a data path outside /data is refused");
+        assert!(
+            err.to_string().contains("task-2#0") && err.to_string().contains("below /data"),
+            "{err}"
+        );
+    });
+}

@@ -4,9 +4,11 @@
 //! Backends:
 //! * [`cold`] — the kernel program as the payload of a fresh `dsbox-runtime` sandbox per
 //!   episode (a new Python per episode: slower, but real isolation today).
-//! * the pooled zygote backend of `dsbox-kernel` (phase 2) plugs in as a second factory.
+//! * [`pool`] — a `dsbox-kernel` template: a zygote holding the profile's modules and a
+//!   warm pool of ready sandboxed kernels (a kernel in about a millisecond).
 
 pub mod cold;
+pub mod pool;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use serde::Serialize;
 use crate::model::BoxFuture;
 
 pub use cold::{ColdConfig, ColdFactory};
+pub use pool::{PooledFactory, PooledSandbox};
 
 /// Why a sandbox could not be made or used.
 #[derive(Debug, thiserror::Error)]
