@@ -10,7 +10,7 @@
 //! | `dsbox_errors_total` | counter | `kind` (the error body's `kind`) |
 //! | `dsbox_requests_total` | counter | `route`, `status` |
 //! | `dsbox_reclaimed_total` | counter | `api`: sandboxes destroyed after being idle |
-//! | `dsbox_kernel_restarts_total` | counter | `template`: kernels replaced (lost or restarted) |
+//! | `dsbox_kernel_restarts` | gauge | `template`: kernels replaced since start (lost or restarted; read from the templates at each scrape) |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

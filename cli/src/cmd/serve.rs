@@ -242,6 +242,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {addr}: is another server using the port? (--port 0 picks a free one)"))?;
         let local = listener.local_addr()?;
+        if !local.ip().is_loopback() && cfg.token.is_none() {
+            eprintln!(
+                "dsbox serve: warning: listening on {local} without --token-env: anyone who can reach this port can run code in its sandboxes"
+            );
+        }
         let app = App::start(cfg)?;
         for (name, t) in app.all_templates() {
             if let Err(e) = t.wait_ready().await {
