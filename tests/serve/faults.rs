@@ -190,7 +190,7 @@ fn a_kernel_stuck_in_c_code_is_killed_after_its_timeout_while_others_are_served(
                 result_text(&s.exec(other, "1 + 1").await).as_deref(),
                 Some("2")
             );
-            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
             served += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
