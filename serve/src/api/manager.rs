@@ -188,7 +188,8 @@ pub struct ReadyResponse {
     pub reason: Option<String>,
 }
 
-/// Whether the container's kernel can take a cell now.
+/// Whether the container's kernel can take a cell now (not running one, not
+/// restarting). `/session/{id}/health` checks that the kernel answers.
 #[utoipa::path(get, path = "/session/{id}/ready", tag = "manager",
     params(("id" = u64, Path)),
     responses(
@@ -204,14 +205,12 @@ pub async fn ready(
         (false, Some("the kernel is restarting".to_owned()))
     } else if slot.is_busy() {
         (false, Some("the kernel is running a cell".to_owned()))
+    } else if slot.is_closed() {
+        (false, Some("the container is being destroyed".to_owned()))
     } else {
-        match slot.probe().await {
-            Some(true) | None => (true, None),
-            Some(false) => (
-                false,
-                Some("the kernel does not answer; restart the session".to_owned()),
-            ),
-        }
+        // No probe cell here (it would show in the kernel's execution counts): a kernel
+        // lost since its last cell is replaced before the next one runs.
+        (true, None)
     };
     Ok(Json(ReadyResponse { ready, reason }))
 }
