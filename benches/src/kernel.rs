@@ -13,8 +13,9 @@
 //! * **P5** N sandboxes alive at once, each holding pandas + numpy: total PSS of every
 //!   process of every sandbox plus the zygote (smaps_rollup), MemAvailable delta, every
 //!   one answering `1+1`.
-//! * **P6** sustained create + destroy (with one `1+1` each) for N cycles, then a leak
-//!   check: mounts, cgroups, the runtime's fds, processes, state records.
+//! * **P6** sustained create (a sandbox whose kernel is ready) + destroy for N cycles,
+//!   `1+1` in every 100th (or every one with `cell_every_cycle`), then a leak check:
+//!   mounts, cgroups, the runtime's fds, processes, state records.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -65,6 +66,9 @@ pub struct KernelBenchConfig {
     pub cycles: usize,
     /// Sandboxes made at once in P5 and P6.
     pub concurrency: usize,
+    /// P6: run `1+1` in every cycle (otherwise in every 100th, as a spot check: a cycle is
+    /// a sandbox with a ready kernel, made and destroyed).
+    pub cell_every_cycle: bool,
     /// Ready kernels in the P2 pool.
     pub pool_size: usize,
     /// Which of p1, p2, p3, p5, p6 to run.
@@ -79,7 +83,8 @@ impl Default for KernelBenchConfig {
             roundtrips: 2000,
             live: 1000,
             cycles: 10_000,
-            concurrency: 4,
+            concurrency: 8,
+            cell_every_cycle: false,
             pool_size: 4,
             only: ["p1", "p2", "p3", "p5", "p6"].map(String::from).to_vec(),
         }
@@ -212,8 +217,10 @@ pub struct P6 {
     pub concurrency: usize,
     pub seconds: f64,
     pub rate_per_s: f64,
-    /// One create + `1+1` + destroy, per worker.
+    /// One create (kernel ready) + destroy, per worker; with `1+1` in it when
+    /// `cell_every_cycle`, else in every 100th.
     pub cycle: Stats,
+    pub cell_every_cycle: bool,
     pub cpu_per_cycle: CpuPerCycle,
     pub before: LeakCounts,
     pub after: LeakCounts,
@@ -886,14 +893,17 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
     let (cpu_me, cpu_zygote) = (proc_stat(me), proc_stat(zygote));
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let every_cycle = cfg.cell_every_cycle;
     for _ in 0..workers {
         let t = t.clone();
         tasks.push(tokio::spawn(async move {
             let mut times = Vec::with_capacity(per_worker);
-            for _ in 0..per_worker {
+            for i in 0..per_worker {
                 let t0 = Instant::now();
                 let mut sb = t.acquire(AcquireOptions::default()).await?;
-                check(&sb.execute("1+1", Duration::from_secs(30)).await?, "P6")?;
+                if every_cycle || i % 100 == 0 {
+                    check(&sb.execute("1+1", Duration::from_secs(30)).await?, "P6")?;
+                }
                 sb.close().await?;
                 times.push(ms(t0.elapsed()));
             }
@@ -940,6 +950,7 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
         seconds,
         rate_per_s: rate,
         cycle: Stats::from_ms(times),
+        cell_every_cycle: cfg.cell_every_cycle,
         cpu_per_cycle,
         targets: vec![
             Target {
@@ -1054,8 +1065,16 @@ impl KernelBenchResult {
         }
         if let Some(p) = &self.p6 {
             s += &format!(
-                "P6 {} create+`1+1`+destroy cycles, {} at a time: {:.1} s, {:.0}/s\n",
-                p.cycles, p.concurrency, p.seconds, p.rate_per_s
+                "P6 {} create+destroy cycles ({}), {} at a time: {:.1} s, {:.0}/s\n",
+                p.cycles,
+                if p.cell_every_cycle {
+                    "`1+1` in each"
+                } else {
+                    "`1+1` in every 100th"
+                },
+                p.concurrency,
+                p.seconds,
+                p.rate_per_s
             );
             s += &row("one cycle", &p.cycle);
             let c = &p.cpu_per_cycle;

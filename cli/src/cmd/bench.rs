@@ -92,8 +92,11 @@ pub struct KernelArgs {
     #[arg(long, default_value_t = 10_000)]
     cycles: usize,
     /// Sandboxes made at once in P5 and P6.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// P6: run `1+1` in every cycle (default: in every 100th, as a spot check).
+    #[arg(long)]
+    cell_every_cycle: bool,
     /// Ready kernels in P2's pool.
     #[arg(long, default_value_t = 4)]
     pool: usize,
@@ -179,6 +182,7 @@ fn kernel(args: KernelArgs) -> anyhow::Result<ExitCode> {
         live: args.live.max(1),
         cycles: args.cycles.max(1),
         concurrency: args.concurrency.max(1),
+        cell_every_cycle: args.cell_every_cycle,
         pool_size: args.pool,
         only: args.only.iter().map(|s| s.to_ascii_lowercase()).collect(),
     };
