@@ -260,6 +260,7 @@ fn two_kernels_cannot_see_each_others_files_processes_or_memory() {
         .await;
         let addr = cell(&mut a, "addr").await.result_text().unwrap().to_owned();
         let a_pid = host_pid(&a);
+        let zygote_pid = t.zygote_pid().expect("the zygote is up");
 
         let c = cell(
             &mut b,
@@ -288,11 +289,16 @@ fn two_kernels_cannot_see_each_others_files_processes_or_memory() {
         );
 
         let code = format!(
-            "import os, errno, ctypes\nr = {{}}\ntry:\n    os.kill({a_pid}, 0)\n    r['kill'] = 'ok'\nexcept OSError as e:\n    r['kill'] = errno.errorcode[e.errno]\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\nlibc = ctypes.CDLL(None, use_errno=True)\nclass iovec(ctypes.Structure):\n    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\nbuf = ctypes.create_string_buffer(64)\nlocal = iovec(ctypes.cast(buf, ctypes.c_void_p), 64)\nremote = iovec({addr}, 64)\nn = libc.process_vm_readv({a_pid}, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)\nr['process_vm_readv'] = errno.errorcode[ctypes.get_errno()] if n < 0 else buf.raw\nn = libc.ptrace(16, {a_pid}, 0, 0)\nr['ptrace'] = errno.errorcode[ctypes.get_errno()] if n < 0 else 'attached'\ntry:\n    open('/proc/{a_pid}/mem', 'rb')\n    r['mem'] = 'ok'\nexcept OSError as e:\n    r['mem'] = errno.errorcode[e.errno]\nr"
+            "import os, errno, ctypes\nr = {{}}\ntry:\n    os.kill({a_pid}, 0)\n    r['kill'] = 'ok'\nexcept OSError as e:\n    r['kill'] = errno.errorcode[e.errno]\ntry:\n    os.kill({zygote_pid}, 0)\n    r['kill_zygote'] = 'ok'\nexcept OSError as e:\n    r['kill_zygote'] = errno.errorcode[e.errno]\nr['zygote_in_proc'] = os.path.exists('/proc/{zygote_pid}')\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\nlibc = ctypes.CDLL(None, use_errno=True)\nclass iovec(ctypes.Structure):\n    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\nbuf = ctypes.create_string_buffer(64)\nlocal = iovec(ctypes.cast(buf, ctypes.c_void_p), 64)\nremote = iovec({addr}, 64)\nn = libc.process_vm_readv({a_pid}, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)\nr['process_vm_readv'] = errno.errorcode[ctypes.get_errno()] if n < 0 else buf.raw\nn = libc.ptrace(16, {a_pid}, 0, 0)\nr['ptrace'] = errno.errorcode[ctypes.get_errno()] if n < 0 else 'attached'\ntry:\n    open('/proc/{a_pid}/mem', 'rb')\n    r['mem'] = 'ok'\nexcept OSError as e:\n    r['mem'] = errno.errorcode[e.errno]\nr"
         );
         let c = cell(&mut b, &code).await;
         let r = c.result_text().unwrap_or_default().to_owned();
         assert!(r.contains("'kill': 'ESRCH'"), "{c:?}");
+        assert!(
+            r.contains("'kill_zygote': 'ESRCH'"),
+            "the zygote is out of reach: {r}"
+        );
+        assert!(r.contains("'zygote_in_proc': False"), "{r}");
         assert!(r.contains("'process_vm_readv': 'EPERM'"), "{r}");
         assert!(r.contains("'ptrace': 'EPERM'"), "{r}");
         assert!(r.contains("'mem': 'ENOENT'"), "{r}");
