@@ -721,7 +721,12 @@ impl TemplateInner {
             let reply = self.zygote.spawn(req)?;
             let edited = attach::apply(&shell, edits);
             let mut kernel = self
-                .connect_spawned(reply.await?, runtime_end, request_ns, Some(shell_ready_ns))
+                .connect_spawned(
+                    self.spawn_reply(reply).await?,
+                    runtime_end,
+                    request_ns,
+                    Some(shell_ready_ns),
+                )
                 .await?;
             edited?;
             if warm {
@@ -797,9 +802,25 @@ impl TemplateInner {
         request_ns: u64,
         shell_ready_ns: Option<u64>,
     ) -> Result<KernelProc> {
-        let reply = self.zygote.spawn(req)?.await?;
+        let reply = self.spawn_reply(self.zygote.spawn(req)?).await?;
         self.connect_spawned(reply, runtime_end, request_ns, shell_ready_ns)
             .await
+    }
+
+    /// The zygote's answer to a spawn request, within the hello timeout: a zygote that
+    /// is alive but stuck must not hang the caller (a late child finds its channel closed
+    /// and exits).
+    async fn spawn_reply(
+        &self,
+        reply: impl std::future::Future<Output = Result<crate::supervisor::SpawnReply>>,
+    ) -> Result<crate::supervisor::SpawnReply> {
+        let timeout = self.config.client.hello_timeout;
+        tokio::time::timeout(timeout, reply)
+            .await
+            .map_err(|_| SandboxError::ZygoteUnavailable {
+                template: self.name.clone(),
+                reason: format!("it did not answer a spawn request within {timeout:?}"),
+            })?
     }
 
     /// The zygote forked the kernel: wait for its hello on the channel.

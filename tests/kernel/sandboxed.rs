@@ -1056,3 +1056,34 @@ fn the_agent_loop_pooled_backend_runs_episodes_on_pooled_kernels() {
         );
     });
 }
+
+#[test]
+fn a_stuck_zygote_fails_an_acquire_with_a_clear_error_instead_of_hanging() {
+    require_root!();
+    block_on(async {
+        let mut c = config();
+        c.pool_size = 0;
+        c.limits.pids = Some(252); // its own zygote: this test stops it
+        c.client.hello_timeout = Duration::from_secs(2);
+        let t = manager().template(c).unwrap();
+        t.wait_ready().await.unwrap();
+        let pid = nix::unistd::Pid::from_raw(t.zygote_pid().unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let started = std::time::Instant::now();
+        let err = t.acquire(AcquireOptions::default()).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(err, SandboxError::ZygoteUnavailable { .. })
+                && err.to_string().contains("did not answer"),
+            "{err}"
+        );
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        let mut sb = acquire(&t, AcquireOptions::default()).await;
+        assert_eq!(cell(&mut sb, "1 + 1").await.result_text(), Some("2"));
+        sb.close().await.unwrap();
+    });
+}
