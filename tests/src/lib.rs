@@ -10,13 +10,13 @@ use std::process::{Command, Output};
 use base64::Engine;
 use serde_json::Value;
 
-/// The `dsbox` binary built by `cargo test --workspace` (cargo builds every binary of the
-/// workspace before any test runs).
+/// The `dsbox` binary built by `cargo test --workspace` (the `dsbox-cli` package's own
+/// integration test makes cargo build it before any test runs).
 pub fn dsbox_bin() -> PathBuf {
     let bin = profile_dir().join("dsbox");
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so it gets built",
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p dsbox-cli` first) so it gets built",
         bin.display()
     );
     bin
