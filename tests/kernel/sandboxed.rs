@@ -990,12 +990,20 @@ fn many_tasks_use_their_own_sandboxes_at_once() {
 fn the_agent_loop_pooled_backend_runs_episodes_on_pooled_kernels() {
     require_root!();
     use dsbox_agent::sandbox::{
-        DataMount as AgentData, PooledFactory, SandboxFactory, SandboxRequest,
+        BackendConfig, DataMount as AgentData, PooledFactory, SandboxFactory, SandboxRequest,
     };
     let dir = task_dir("agent");
     block_on(async {
         let m = KernelManager::new(ManagerConfig::default());
-        let factory = PooledFactory::from_rootfs(&m, &test_rootfs(), 1).unwrap();
+        let factory = PooledFactory::from_rootfs(
+            &m,
+            &test_rootfs(),
+            &BackendConfig {
+                pool_size: 1,
+                ..BackendConfig::default()
+            },
+        )
+        .unwrap();
         assert_eq!(factory.info().backend, "pooled");
         factory
             .template()

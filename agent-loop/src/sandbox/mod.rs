@@ -6,15 +6,19 @@
 //!   episode (a new Python per episode: slower, but real isolation today).
 //! * [`pool`] — a `dsbox-kernel` template: a zygote holding the profile's modules and a
 //!   warm pool of ready sandboxed kernels (a kernel in about a millisecond).
+//!
+//! [`make_factory`] picks one from a [`BackendConfig`]; pooled is the default.
 
 pub mod cold;
 pub mod pool;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use dsbox_kernel::{CellResult, CellStatus};
+use dsbox_kernel::{CellResult, CellStatus, KernelManager, ManagerConfig};
+use dsbox_rootfs::Rootfs;
 use dsbox_tasks::task::DataKind;
 use dsbox_tasks::{Task, Track};
 use serde::Serialize;
@@ -39,6 +43,74 @@ pub enum SandboxError {
         path: String,
         detail: String,
     },
+}
+
+/// Which backend makes the episodes' sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Kernels forked from a zygote that already imported pandas and numpy, from a warm
+    /// pool ([`pool`]).
+    #[default]
+    Pooled,
+    /// A fresh sandbox and a fresh Python per episode ([`cold`]).
+    Cold,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Pooled => "pooled",
+            Backend::Cold => "cold",
+        }
+    }
+}
+
+/// Settings of an episode sandbox, whichever the backend.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub backend: Backend,
+    /// Memory limit per sandbox (the reference's 2 GB by default).
+    pub memory: Option<u64>,
+    /// CPU quota per sandbox, in cores.
+    pub cpus: Option<f64>,
+    /// Ready kernels the pooled backend keeps warm (the run's concurrency is a good
+    /// value: every episode then starts on a ready kernel).
+    pub pool_size: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            backend: Backend::Pooled,
+            memory: Some(2 << 30),
+            cpus: None,
+            pool_size: 2,
+        }
+    }
+}
+
+/// The factory of `config.backend` over `rootfs`. The pooled backend starts its zygote
+/// at once, so this must run inside a tokio runtime.
+pub fn make_factory(rootfs: &Rootfs, config: &BackendConfig) -> Result<Arc<dyn SandboxFactory>> {
+    match config.backend {
+        Backend::Cold => {
+            let mut cold = ColdConfig::from_rootfs(rootfs);
+            cold.memory = config.memory;
+            cold.cpus = config.cpus;
+            Ok(Arc::new(ColdFactory::new(cold)))
+        }
+        Backend::Pooled => {
+            let manager = KernelManager::new(ManagerConfig::default());
+            let factory = PooledFactory::from_rootfs(&manager, rootfs, config).map_err(|e| {
+                SandboxError::Start {
+                    label: format!("the kernel template of rootfs {}", rootfs.name),
+                    detail: e.to_string(),
+                }
+            })?;
+            Ok(Arc::new(factory))
+        }
+    }
 }
 
 /// Result alias of the sandbox layer.
@@ -127,6 +199,13 @@ pub trait SandboxFactory: Send + Sync {
     ) -> BoxFuture<'a, Result<Box<dyn CodeSandbox>>>;
 
     fn info(&self) -> BackendInfo;
+
+    /// Wait (at most `timeout`) until `sandboxes` sandboxes can be handed out without a
+    /// start cost; whether they can. Backends without a warm pool are always ready.
+    fn warm(&self, sandboxes: usize, timeout: Duration) -> BoxFuture<'_, bool> {
+        let _ = (sandboxes, timeout);
+        Box::pin(async { true })
+    }
 }
 
 /// Chunk size of [`download_via_kernel`]: its base64 (plus quotes) stays under the

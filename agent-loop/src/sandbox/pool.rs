@@ -17,7 +17,7 @@ use dsbox_kernel::{
 use dsbox_rootfs::Rootfs;
 
 use super::{
-    BackendInfo, CodeSandbox, Result, SandboxError, SandboxFactory, SandboxRequest,
+    BackendConfig, BackendInfo, CodeSandbox, Result, SandboxError, SandboxFactory, SandboxRequest,
     download_via_kernel,
 };
 use crate::model::BoxFuture;
@@ -34,19 +34,21 @@ impl PooledFactory {
         PooledFactory { template }
     }
 
-    /// A template on `rootfs` with the reference's 2 GB memory limit and a warm pool of
-    /// `pool_size` kernels (needs a tokio runtime).
+    /// A template on `rootfs` with `config`'s limits and a warm pool of
+    /// `config.pool_size` kernels (its zygote starts at once: needs a tokio runtime).
     pub fn from_rootfs(
         manager: &KernelManager,
         rootfs: &Rootfs,
-        pool_size: usize,
+        config: &BackendConfig,
     ) -> std::result::Result<PooledFactory, dsbox_kernel::SandboxError> {
-        let mut config = TemplateConfig::new(rootfs);
-        config.pool_size = pool_size;
-        config.limits.memory = Some(2 << 30);
-        config.limits.pids = Some(512);
-        config.limits.scratch_size = 512 << 20;
-        Ok(PooledFactory::new(manager.template(config)?))
+        let mut template = TemplateConfig::new(rootfs);
+        template.pool_size = config.pool_size.max(1);
+        template.refill_parallelism = config.pool_size.clamp(1, 4);
+        template.limits.memory = config.memory;
+        template.limits.cpus = config.cpus;
+        template.limits.pids = Some(512);
+        template.limits.scratch_size = 512 << 20;
+        Ok(PooledFactory::new(manager.template(template)?))
     }
 
     pub fn template(&self) -> &Template {
@@ -81,6 +83,12 @@ impl SandboxFactory for PooledFactory {
                 kernel,
             }) as Box<dyn CodeSandbox>)
         })
+    }
+
+    /// Waits for the zygote and `sandboxes` ready kernels (at most the pool's size).
+    fn warm(&self, sandboxes: usize, timeout: Duration) -> BoxFuture<'_, bool> {
+        let n = sandboxes.min(self.template.config().pool_size);
+        Box::pin(async move { self.template.wait_pool(n, timeout).await })
     }
 
     fn info(&self) -> BackendInfo {

@@ -169,8 +169,10 @@ fn shortcut(source: &SuiteSourceArgs, args: ShortcutArgs) -> anyhow::Result<Exit
         None
     } else {
         Some(factory_for(
+            &rt,
             &args.sandbox,
             args.sandbox.rootfs.as_deref().unwrap_or("analysis"),
+            concurrency,
         )?)
     };
     let factory: Arc<dyn SandboxFactory> =
@@ -265,7 +267,7 @@ fn resume(source: &SuiteSourceArgs, args: ShortcutArgs, dir: &Path) -> anyhow::R
             .rootfs
             .clone()
             .unwrap_or(manifest.backend.rootfs.clone());
-        Some(factory_for(&args.sandbox, &rootfs)?)
+        Some(factory_for(&rt, &args.sandbox, &rootfs, concurrency)?)
     };
     let factory = audit::factory(stage.no_exec, sandbox).context("no sandbox factory")?;
     eprintln!(

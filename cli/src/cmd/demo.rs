@@ -12,12 +12,12 @@ use anyhow::Context as _;
 use dsbox_agent::demo;
 use dsbox_agent::progress::observer_for_stderr;
 use dsbox_agent::rundir::{ModelInfo, RunManifest, Selection};
-use dsbox_agent::sandbox::SandboxFactory;
 use dsbox_agent::{EpisodeSettings, EvalSetup, Model, RunDir, RunObserver, ScaffoldKind};
 use dsbox_tasks::{DataRoot, SuiteRegistry};
 
 use super::eval::{
-    SandboxArgs, check_out_dir, cold_factory, default_out, drive, finish, prompts, runtime, select,
+    BackendOpts, SandboxArgs, check_out_dir, default_out, drive, finish, prompts, runtime,
+    sandbox_factory, select,
 };
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +44,8 @@ pub struct DemoArgs {
     /// Episodes at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    #[command(flatten)]
+    pub backend: BackendOpts,
     /// Where the starter suite writes its data (default: ~/.cache/dsbox/starter).
     #[arg(long, value_name = "DIR", hide = true)]
     pub starter_dir: Option<PathBuf>,
@@ -98,19 +100,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for n in &notes {
         eprintln!("dsbox demo: {n}");
     }
+    let concurrency = args.concurrency.max(1);
+    let backend = args.backend.config(Some(2 << 30), None, concurrency);
     eprintln!(
-        "dsbox demo: {} tasks ({}), one sandbox each, rootfs `{}`",
+        "dsbox demo: {} tasks ({}), one sandbox each ({} backend), rootfs `{}`",
         selected.items.len(),
         suites.join(", "),
+        backend.backend.as_str(),
         args.rootfs
     );
-    let factory = cold_factory(&SandboxArgs {
-        rootfs: &args.rootfs,
-        store: args.store.as_deref(),
-        no_build: args.no_build,
-        memory: Some(2 << 30),
-        cpus: None,
-    })?;
+    let rt = runtime()?;
+    let factory = sandbox_factory(
+        &rt,
+        &SandboxArgs {
+            rootfs: &args.rootfs,
+            store: args.store.as_deref(),
+            no_build: args.no_build,
+            backend,
+        },
+    )?;
     let tasks: Vec<&dsbox_tasks::Task> = selected.items.iter().map(|i| i.task.as_ref()).collect();
     let model = demo::scripted_analyst(&tasks);
     let settings = EpisodeSettings::default();
@@ -133,7 +141,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         selection: Selection { limit: None, ids },
         data_root: root.clone(),
         backend: factory.info(),
-        concurrency: args.concurrency.max(1),
+        concurrency,
         tasks: selected.planned(),
         notes,
     };
@@ -141,13 +149,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let setup = EvalSetup {
         model: Arc::new(model),
         judge: None,
-        factory: Arc::new(factory),
+        factory,
         scaffold: ScaffoldKind::React,
         settings,
-        concurrency: args.concurrency.max(1),
+        concurrency,
         retry_errors: false,
     };
-    let rt = runtime()?;
     let observer: Arc<dyn RunObserver> = Arc::from(observer_for_stderr());
     let report = drive(
         &rt,

@@ -22,7 +22,7 @@ use dsbox_agent::model::{ModelJudge, OpenAiConfig, OpenAiModel};
 use dsbox_agent::progress::observer_for_stderr;
 use dsbox_agent::report;
 use dsbox_agent::rundir::{ModelInfo, PlannedTask, RunManifest, Selection};
-use dsbox_agent::sandbox::{ColdConfig, ColdFactory, SandboxFactory};
+use dsbox_agent::sandbox::{Backend, BackendConfig, SandboxFactory};
 use dsbox_agent::{
     EpisodeSettings, EvalSetup, Model, PlannedItem, RunDir, RunEnd, RunObserver, RunReport,
     ScaffoldKind,
@@ -119,6 +119,8 @@ pub struct EvalArgs {
     /// CPU limit per sandbox, in cores (default: none).
     #[arg(long)]
     pub cpus: Option<f64>,
+    #[command(flatten)]
+    pub backend: BackendOpts,
     /// Prompt templates replacing the built-in ones.
     #[arg(long, value_name = "DIR")]
     pub prompts_dir: Option<PathBuf>,
@@ -345,22 +347,64 @@ pub(crate) fn default_out(name: &str) -> PathBuf {
     PathBuf::from("dsbox-runs").join(format!("{stamp}-{slug}"))
 }
 
+/// The sandbox backend flags shared by the commands that run episodes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackendOpts {
+    /// Where episodes run: `pooled` kernels forked from a zygote that already imported
+    /// pandas and numpy, taken from a warm pool (milliseconds), or `cold`: a fresh sandbox
+    /// and Python per episode (about a second).
+    #[arg(long, value_enum, default_value_t = BackendArg::Pooled)]
+    pub backend: BackendArg,
+    /// Ready kernels the pooled backend keeps warm (default: the number of episodes at
+    /// once).
+    #[arg(long, value_name = "N", value_parser = parse_positive_usize)]
+    pub pool_size: Option<usize>,
+}
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    Pooled,
+    Cold,
+}
+
+impl BackendOpts {
+    /// The backend settings for a run of `concurrency` episodes at once.
+    pub(crate) fn config(
+        &self,
+        memory: Option<u64>,
+        cpus: Option<f64>,
+        concurrency: usize,
+    ) -> BackendConfig {
+        BackendConfig {
+            backend: match self.backend {
+                BackendArg::Pooled => Backend::Pooled,
+                BackendArg::Cold => Backend::Cold,
+            },
+            memory,
+            cpus,
+            pool_size: self.pool_size.unwrap_or(concurrency).max(1),
+        }
+    }
+}
+
 /// Sandbox settings of a run.
 pub(crate) struct SandboxArgs<'a> {
     pub rootfs: &'a str,
     pub store: Option<&'a Path>,
     pub no_build: bool,
-    pub memory: Option<u64>,
-    pub cpus: Option<f64>,
+    pub backend: BackendConfig,
 }
 
-/// The cold sandbox factory over the rootfs (built on first use unless `no_build`).
-pub(crate) fn cold_factory(args: &SandboxArgs) -> anyhow::Result<ColdFactory> {
+/// The sandbox factory of the run's backend over the rootfs (built on first use unless
+/// `no_build`). The pooled backend's zygote starts now, on `rt`.
+pub(crate) fn sandbox_factory(
+    rt: &tokio::runtime::Runtime,
+    args: &SandboxArgs,
+) -> anyhow::Result<Arc<dyn SandboxFactory>> {
     let rootfs = super::rootfs::ensure_rootfs(args.rootfs, args.store, args.no_build)?;
-    let mut config = ColdConfig::from_rootfs(&rootfs);
-    config.memory = args.memory;
-    config.cpus = args.cpus;
-    Ok(ColdFactory::new(config))
+    let _runtime = rt.enter();
+    Ok(dsbox_agent::sandbox::make_factory(&rootfs, &args.backend)?)
 }
 
 /// Run the rollouts on a tokio runtime with Ctrl-C/SIGTERM stopping the run gracefully
@@ -570,13 +614,15 @@ fn start(args: EvalArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let factory = cold_factory(&SandboxArgs {
-        rootfs: &args.rootfs,
-        store: args.store.as_deref(),
-        no_build: args.no_build,
-        memory,
-        cpus: args.cpus,
-    })?;
+    let factory = sandbox_factory(
+        &rt,
+        &SandboxArgs {
+            rootfs: &args.rootfs,
+            store: args.store.as_deref(),
+            no_build: args.no_build,
+            backend: args.backend.config(memory, args.cpus, concurrency),
+        },
+    )?;
     let manifest = RunManifest {
         format: dsbox_agent::rundir::FORMAT,
         dsbox_version: env!("CARGO_PKG_VERSION").into(),
@@ -607,7 +653,7 @@ fn start(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let setup = EvalSetup {
         model: Arc::new(model),
         judge,
-        factory: Arc::new(factory),
+        factory,
         scaffold: manifest.scaffold,
         settings,
         concurrency,
@@ -702,13 +748,16 @@ fn resume(args: EvalArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let factory = cold_factory(&SandboxArgs {
-        rootfs: &manifest.backend.rootfs,
-        store: args.store.as_deref(),
-        no_build: args.no_build,
-        memory: Some(dsbox_runtime::parse_size(&args.memory).context("--memory")?),
-        cpus: args.cpus,
-    })?;
+    let memory = Some(dsbox_runtime::parse_size(&args.memory).context("--memory")?);
+    let factory = sandbox_factory(
+        &rt,
+        &SandboxArgs {
+            rootfs: &manifest.backend.rootfs,
+            store: args.store.as_deref(),
+            no_build: args.no_build,
+            backend: args.backend.config(memory, args.cpus, concurrency),
+        },
+    )?;
     let info = factory.info();
     if info.rootfs_hash != manifest.backend.rootfs_hash {
         eprintln!(
@@ -726,7 +775,7 @@ fn resume(args: EvalArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let setup = EvalSetup {
         model: Arc::new(model) as Arc<dyn Model>,
         judge,
-        factory: Arc::new(factory),
+        factory,
         scaffold: manifest.scaffold,
         settings: manifest.settings.clone(),
         concurrency,
@@ -762,6 +811,8 @@ pub struct BenchEvalArgs {
     /// Fail instead of building a missing rootfs.
     #[arg(long)]
     pub no_build: bool,
+    #[command(flatten)]
+    pub backend: BackendOpts,
     /// Keep the dsbox side's run directory here (for `dsbox report`); must not exist.
     #[arg(long, value_name = "DIR")]
     pub keep_run: Option<PathBuf>,
@@ -813,7 +864,8 @@ pub fn bench(args: BenchEvalArgs) -> anyhow::Result<ExitCode> {
     let cfg = dsbox_bench::eval::EvalBenchConfig {
         items,
         source,
-        cold: ColdConfig::from_rootfs(&rootfs),
+        rootfs: rootfs.clone(),
+        backend: args.backend.config(Some(2 << 30), None, args.concurrency),
         concurrency: args.concurrency,
         baseline_tasks: args.baseline_tasks,
         keep_run: args.keep_run.clone(),
@@ -822,10 +874,11 @@ pub fn bench(args: BenchEvalArgs) -> anyhow::Result<ExitCode> {
         check_out_dir(dir)?;
     }
     eprintln!(
-        "dsbox bench eval: {} tasks from {}, concurrency {}; then the baseline",
+        "dsbox bench eval: {} tasks from {}, concurrency {}, {} backend; then the baseline",
         cfg.items.len(),
         cfg.source,
-        cfg.concurrency
+        cfg.concurrency,
+        cfg.backend.backend.as_str()
     );
     let result = dsbox_bench::eval::run(&cfg)?;
     if args.json {

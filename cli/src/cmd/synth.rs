@@ -36,7 +36,9 @@ use dsbox_agent::{
 use dsbox_tasks::{SuiteRegistry, Task};
 use tokio::sync::watch;
 
-use super::eval::{SandboxArgs, cold_factory, default_out, drive, prompts, runtime};
+use super::eval::{
+    BackendOpts, SandboxArgs, default_out, drive, prompts, runtime, sandbox_factory,
+};
 use super::tasks::SuiteSourceArgs;
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +108,8 @@ pub struct SandboxOpts {
     /// CPU limit per sandbox, in cores (default: none).
     #[arg(long)]
     pub cpus: Option<f64>,
+    #[command(flatten)]
+    pub backend: BackendOpts,
 }
 
 /// The run: episodes, output, resume.
@@ -351,17 +355,21 @@ pub(crate) fn episode_settings(
 }
 
 pub(crate) fn factory_for(
+    rt: &tokio::runtime::Runtime,
     opts: &SandboxOpts,
     rootfs: &str,
+    concurrency: usize,
 ) -> anyhow::Result<Arc<dyn SandboxFactory>> {
     let memory = Some(dsbox_runtime::parse_size(&opts.memory).context("--memory")?);
-    Ok(Arc::new(cold_factory(&SandboxArgs {
-        rootfs,
-        store: opts.store.as_deref(),
-        no_build: opts.no_build,
-        memory,
-        cpus: opts.cpus,
-    })?))
+    sandbox_factory(
+        rt,
+        &SandboxArgs {
+            rootfs,
+            store: opts.store.as_deref(),
+            no_build: opts.no_build,
+            backend: opts.backend.config(memory, opts.cpus, concurrency),
+        },
+    )
 }
 
 /// Fail early when `dir` holds a run or other files (naming the stage's resume).
@@ -645,8 +653,10 @@ fn queries_cmd(source: &SuiteSourceArgs, args: QueriesArgs) -> anyhow::Result<Ex
     let rt = runtime()?;
     rt.block_on(model.preflight())?;
     let factory = factory_for(
+        &rt,
         &args.sandbox,
         args.sandbox.rootfs.as_deref().unwrap_or("analysis"),
+        concurrency,
     )?;
     let items = queries::plan(&seeds, args.n);
     let manifest = manifest(
@@ -734,7 +744,7 @@ fn queries_resume(
         .rootfs
         .clone()
         .unwrap_or(manifest.backend.rootfs.clone());
-    let factory = factory_for(&args.sandbox, &rootfs)?;
+    let factory = factory_for(&rt, &args.sandbox, &rootfs, concurrency)?;
     if opened.dropped_partial_line {
         eprintln!(
             "{QUERIES}: dropped a half-written last line of results.jsonl (that episode is redone)"
@@ -840,8 +850,10 @@ fn trajectories_cmd(source: &SuiteSourceArgs, args: TrajectoriesArgs) -> anyhow:
     let rt = runtime()?;
     rt.block_on(model.preflight())?;
     let factory = factory_for(
+        &rt,
         &args.sandbox,
         args.sandbox.rootfs.as_deref().unwrap_or("analysis"),
+        concurrency,
     )?;
     let scaffold = args.scaffold.unwrap_or(ScaffoldKind::React);
     let manifest = manifest(
@@ -933,7 +945,7 @@ fn trajectories_resume(
         .rootfs
         .clone()
         .unwrap_or(manifest.backend.rootfs.clone());
-    let factory = factory_for(&args.sandbox, &rootfs)?;
+    let factory = factory_for(&rt, &args.sandbox, &rootfs, concurrency)?;
     if opened.dropped_partial_line {
         eprintln!(
             "{TRAJECTORIES}: dropped a half-written last line of results.jsonl (that trajectory is redone)"
@@ -1054,7 +1066,7 @@ fn filter_cmd(source: &SuiteSourceArgs, args: FilterArgs) -> anyhow::Result<Exit
             .rootfs
             .clone()
             .unwrap_or(manifest.backend.rootfs.clone());
-        Some(factory_for(&args.sandbox, &rootfs)?)
+        Some(factory_for(&rt, &args.sandbox, &rootfs, args.concurrency)?)
     } else {
         None
     };
