@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use dsbox_agent::fake::{FakeConfig, FakeServer};
 use dsbox_agent::rundir::{self, ModelInfo, PlannedTask, RunManifest, Selection};
-use dsbox_agent::sandbox::{ColdConfig, ColdFactory, SandboxFactory, SandboxRequest};
+use dsbox_agent::sandbox::{
+    BackendConfig, ColdConfig, SandboxFactory, SandboxRequest, make_factory,
+};
 use dsbox_agent::synth::export::{ExportFormat, ExportOptions};
 use dsbox_agent::synth::filter::{FilterParams, FilterSetup, JudgeParams, QuietFilter};
 use dsbox_agent::synth::scripted::SynthAnalyst;
@@ -47,6 +49,8 @@ pub enum SynthBenchError {
     Run(#[from] dsbox_agent::RunError),
     #[error(transparent)]
     Model(#[from] dsbox_agent::ModelError),
+    #[error("the benchmark's sandboxes: {0}")]
+    Sandbox(#[from] dsbox_agent::sandbox::SandboxError),
     #[error("the {stage} stage did not finish every episode ({finished} of {planned}): {detail}")]
     Incomplete {
         stage: &'static str,
@@ -70,7 +74,9 @@ pub struct SynthBenchConfig {
     /// Rollouts per query.
     pub k: u32,
     pub concurrency: usize,
-    pub cold: ColdConfig,
+    pub rootfs: dsbox_rootfs::Rootfs,
+    /// The pipeline's sandboxes (the baseline always starts a fresh sandbox per process).
+    pub backend: BackendConfig,
     /// How many trajectories the baseline replays (its figure is per trajectory).
     pub baseline_trajectories: usize,
     /// Keep the run directories here (default: a temporary directory, removed).
@@ -310,7 +316,7 @@ async fn pipeline(
     mc.temperature = Some(0.8);
     mc.max_concurrent = concurrency * 2 + 4;
     let model = OpenAiModel::new(mc)?;
-    let factory: Arc<dyn SandboxFactory> = Arc::new(ColdFactory::new(cfg.cold.clone()));
+    let factory: Arc<dyn SandboxFactory> = make_factory(&cfg.rootfs, &cfg.backend)?;
     let (_cancel, rx) = tokio::sync::watch::channel(false);
     let pipeline_started = Instant::now();
 
@@ -426,7 +432,7 @@ async fn pipeline(
         machine: Machine::detect(),
         source: cfg.source.clone(),
         backend: factory.info().backend,
-        rootfs: format!("{} ({})", cfg.cold.rootfs_name, cfg.cold.rootfs_hash),
+        rootfs: format!("{} ({})", cfg.rootfs.name, cfg.rootfs.content_hash),
         concurrency,
         seeds: seeds.len(),
         n: cfg.n,
@@ -463,6 +469,7 @@ fn baseline(
     records: &[ResultRecord],
 ) -> Result<BaselineFigures, SynthBenchError> {
     let n = cfg.baseline_trajectories.clamp(1, records.len().max(1));
+    let cold = ColdConfig::from_rootfs(&cfg.rootfs);
     let mut per_process = Vec::new();
     let started = Instant::now();
     let mut done = 0;
@@ -484,8 +491,7 @@ fn baseline(
             .into_iter()
             .map(|c| c.code)
             .collect();
-        let mut spec = cfg
-            .cold
+        let mut spec = cold
             .spec(&SandboxRequest::for_task(task, 0))
             .map_err(|detail| SynthBenchError::Baseline {
                 task: task.id.clone(),
@@ -493,7 +499,7 @@ fn baseline(
             })?;
         for i in 0..cells.len() {
             if let Some(p) = spec.process.as_mut() {
-                p.args = vec![cfg.cold.python.clone(), "-c".into(), cells[..=i].join("\n")];
+                p.args = vec![cold.python.clone(), "-c".into(), cells[..=i].join("\n")];
             }
             let t0 = Instant::now();
             let code = one_process(&spec).map_err(|detail| SynthBenchError::Baseline {

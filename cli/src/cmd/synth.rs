@@ -1211,6 +1211,8 @@ pub struct BenchSynthArgs {
     /// Fail instead of building a missing rootfs.
     #[arg(long)]
     pub no_build: bool,
+    #[command(flatten)]
+    pub backend: BackendOpts,
     /// Keep the runs here (queries/, trajectories/, train.jsonl); must not exist.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
@@ -1261,17 +1263,19 @@ pub fn bench(args: BenchSynthArgs) -> anyhow::Result<ExitCode> {
         n: args.n,
         k: args.k,
         concurrency: args.concurrency,
-        cold: dsbox_agent::sandbox::ColdConfig::from_rootfs(&rootfs),
+        backend: args.backend.config(Some(2 << 30), None, args.concurrency),
+        rootfs,
         baseline_trajectories: args.baseline_trajectories,
         keep: args.keep.clone(),
     };
     eprintln!(
-        "dsbox bench synth: {} seeds from {}, {} queries each, k = {}, concurrency {}; then the baseline",
+        "dsbox bench synth: {} seeds from {}, {} queries each, k = {}, concurrency {}, {} backend; then the baseline",
         cfg.seeds.len(),
         cfg.source,
         cfg.n,
         cfg.k,
-        cfg.concurrency
+        cfg.concurrency,
+        cfg.backend.backend.as_str()
     );
     let result = dsbox_bench::synth::run(&cfg)?;
     if args.json {
