@@ -174,3 +174,87 @@ fn dsbox_shell_keeps_state_between_inputs_and_continues_blocks() {
         "the last input succeeded: {stderr}"
     );
 }
+
+/// Every process below `pid` (children of all its threads, recursively).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Alive and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().chars().next()))
+        .flatten()
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+#[test]
+fn a_killed_dsbox_leaves_no_sandbox_process_behind() {
+    require_root!();
+    let rootfs = test_rootfs();
+    let store = rootfs.object_dir.parent().and_then(|o| o.parent()).unwrap();
+    let mut child = Command::new(dsbox_tests::dsbox_bin())
+        .args(["exec", "--rootfs", "analysis", "--no-build", "--store"])
+        .arg(store)
+        .args(["--timeout", "600s", "import time\ntime.sleep(600)"])
+        .env("DSBOX_PROFILES", "/nonexistent-dsbox-profiles")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run dsbox exec");
+    // `dsbox exec` prints when the cell ends: wait for the zygote's sandbox, the kernel's
+    // shell (its init) and the kernel (a child of the zygote) instead.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let below = loop {
+        let below = descendants(child.id());
+        if below.len() >= 3 {
+            break below;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dsbox exec did not start its sandboxes within 60 s: {below:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let below = descendants(child.id())
+        .into_iter()
+        .chain(below)
+        .collect::<Vec<_>>();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    // No PR_SET_PDEATHSIG here (the shells were forked by a thread pool): the sandboxes
+    // notice the runtime's end of their channel closing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> = below.iter().copied().filter(|p| running(*p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox processes outlived the killed runtime by 10 s: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

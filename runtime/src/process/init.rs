@@ -438,6 +438,7 @@ fn init_main(
     // are taken with sigwaitinfo below (a blocked signal is queued even for pid 1).
     let mut handled = FORWARDED_SIGNALS.to_vec();
     handled.push(libc::SIGCHLD);
+    handled.push(libc::SIGIO);
     let set = sigset(&handled);
     // SAFETY: set is a valid sigset_t.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -482,7 +483,41 @@ fn init_main(
         send_quiet(channel, &Message::SetupFailed(e));
         exit(SETUP_FAILED);
     }
+    watch_for_hangup(channel);
     init_loop(channel, payload_pid, &set)
+}
+
+/// A sandbox never outlives the runtime that holds it. The runtime keeps its end of the
+/// channel open for the sandbox's whole life, so when it dies — even by SIGKILL — the
+/// channel hangs up and the kernel sends init SIGIO (`O_ASYNC`), which [`init_loop`]
+/// takes as the end of the sandbox. `PR_SET_PDEATHSIG` cannot do this for a runtime with
+/// a thread pool: it fires when the *thread* that forked exits, not the process.
+fn watch_for_hangup(channel: RawFd) {
+    // SAFETY: fcntl on init's own channel fd with integer arguments; getpid has no
+    // preconditions.
+    unsafe {
+        libc::fcntl(channel, libc::F_SETOWN, libc::getpid());
+        let flags = libc::fcntl(channel, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(channel, libc::F_SETFL, flags | libc::O_ASYNC);
+        }
+    }
+    // A runtime that died before the line above sent no signal: look once now.
+    if channel_hung_up(channel) {
+        exit(SETUP_FAILED);
+    }
+}
+
+/// Whether the runtime's end of the channel is closed.
+fn channel_hung_up(channel: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: channel,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
 }
 
 struct PayloadArgs<'a> {
@@ -551,7 +586,13 @@ fn init_loop(channel: RawFd, payload_pid: Option<i32>, set: &libc::sigset_t) -> 
         if sig < 0 {
             continue;
         }
-        if sig == libc::SIGCHLD {
+        if sig == libc::SIGIO {
+            // The channel changed state; only a hang-up (the runtime is gone) matters.
+            // Leaving ends everything in the pid namespace.
+            if channel_hung_up(channel) {
+                exit(SETUP_FAILED);
+            }
+        } else if sig == libc::SIGCHLD {
             loop {
                 let mut status = 0;
                 // SAFETY: status is a valid out-pointer.
