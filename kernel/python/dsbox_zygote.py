@@ -5,7 +5,10 @@ join"): capabilities kept, no seccomp, never runs user code. It talks to the run
 a SOCK_SEQPACKET control socket: one JSON document per message, fds by SCM_RIGHTS.
 
 Runtime -> zygote:
-  {"type":"spawn","id":N,"plan":JoinPlan,"fds":["channel","pidfd","cgroup",...]} + fds
+  {"type":"spawn","id":N,"plan":JoinPlan,"fds":["channel","pidfd","cgroup",...],
+   "go":true} + fds
+    ("go": the child waits for the byte b"G" on its channel before it joins: the runtime
+    asks for the fork while the shell is still being set up and says go once it is ready)
   {"type":"ping","id":N}          {"type":"shutdown"}
 Zygote -> runtime:
   {"type":"ready","pid":P,"python":"3.11.2","preloaded":[...],"failed":[[name,error]]}
@@ -383,6 +386,26 @@ def report_join_error(channel, step, err, detail):
         pass
 
 
+GO = b"G"
+NO_GO_EXIT = 113
+
+
+def wait_go(channel):
+    """Block until the runtime's go-ahead (GO) arrives on the channel.
+
+    The runtime forks a child before the shell it joins is set up; until GO, the shell's
+    namespaces, cgroup and mounts may be half made, so the child touches nothing of it.
+    Anything else (EOF: the runtime gave up, the shell failed; another byte; a signal)
+    ends the child at once, without a word on the channel and before any join step.
+    """
+    try:
+        got = os.read(channel, 1)
+    except BaseException:
+        got = b""
+    if got != GO:
+        os._exit(NO_GO_EXIT)
+
+
 class Zygote:
     def __init__(self, control_fd, kernel):
         self.sock = socket.socket(fileno=control_fd)
@@ -490,6 +513,7 @@ class Zygote:
         pidfd = fds[roles.index("pidfd")] if "pidfd" in roles else None
         cgroups = [fd for fd, r in zip(fds, roles) if r == "cgroup"]
         plan = req.get("plan")
+        await_go = req.get("go") is True
         try:
             if pidfd is not None:
                 # Children are born in the sandbox's pid namespace.
@@ -523,7 +547,8 @@ class Zygote:
         if pid == 0:
             # The zygote's side of this spawn, reported with the child's join steps.
             self.child(plan, channel, pidfd, cgroups,
-                       [("zygote_received", self.received_ns), ("zygote_fork", fork_ns)])
+                       [("zygote_received", self.received_ns), ("zygote_fork", fork_ns)],
+                       await_go)
         for fd in fds:
             os.close(fd)
         self.children[pid] = sid
@@ -545,7 +570,7 @@ class Zygote:
             if child_fd is not None:
                 os.close(child_fd)
 
-    def child(self, plan, channel, pidfd, cgroups, steps=None):
+    def child(self, plan, channel, pidfd, cgroups, steps=None, await_go=False):
         forked_ns = time.monotonic_ns()
         steps = list(steps or ())
         try:
@@ -553,6 +578,9 @@ class Zygote:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             gc.enable()
+            if await_go:
+                wait_go(channel)
+                steps.append(("go", time.monotonic_ns()))
             channel = join(plan, channel, pidfd, cgroups, self.sys, steps)
         except JoinError as e:
             report_join_error(getattr(e, "channel", channel), e.step, e.errno, e.detail)

@@ -16,7 +16,7 @@
 //! the blocking work (fork, destroy) runs on tokio's blocking threads.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use dsbox_runtime::attach::{self, AttachError, MountEdit};
 use dsbox_runtime::process::message::monotonic_ns;
+use dsbox_runtime::sandbox::EarlyJoin;
 use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
 use serde::Serialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
@@ -33,6 +34,7 @@ use crate::files::FileError;
 use crate::sandbox::{AcquireOptions, SandboxKernel, SandboxShared};
 use crate::supervisor::{ChildExit, SpawnRequest, ZygoteHandle, ZygoteState};
 use crate::template::{TemplateConfig, kernel_join_plan};
+use crate::zygote::GO;
 
 /// Errors of the pooled, sandboxed kernel API.
 #[derive(Debug, thiserror::Error)]
@@ -416,6 +418,93 @@ impl Drop for Ready {
     }
 }
 
+/// The zygote's answer to a spawn request, to await.
+type SpawnReplyFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<crate::supervisor::SpawnReply>> + Send>,
+>;
+
+/// A spawn request sent while the shell was still starting
+/// ([`Sandbox::spawn_with_hook`]): its child waits for the go byte.
+struct EarlySpawn {
+    reply: SpawnReplyFuture,
+    runtime_end: std::os::unix::net::UnixStream,
+    plan_json: Arc<str>,
+}
+
+impl EarlySpawn {
+    fn request(
+        zygote: &ZygoteHandle,
+        cached_plan: Option<Arc<str>>,
+        j: &EarlyJoin<'_>,
+    ) -> Result<EarlySpawn> {
+        let plan_json = cached_plan.unwrap_or_else(|| plan_json_of(j.plan));
+        let (req, runtime_end) =
+            spawn_request(plan_json.clone(), j.pidfd, &j.cgroup_procs, &j.cgroup_paths)?;
+        let reply = Box::pin(zygote.spawn(req)?);
+        Ok(EarlySpawn {
+            reply,
+            runtime_end,
+            plan_json,
+        })
+    }
+}
+
+/// The kernels' JoinPlan of a shell, as JSON.
+fn plan_json_of(plan: &dsbox_runtime::sandbox::JoinPlan) -> Arc<str> {
+    let plan = kernel_join_plan(plan.clone());
+    Arc::from(serde_json::to_string(&plan).unwrap_or_else(|_| "{}".into()))
+}
+
+/// A spawn request for a shell (its init's pidfd, cgroup.procs fds and cgroup leaves),
+/// with a fresh channel; the runtime's end is returned. The child waits for the go byte.
+fn spawn_request(
+    plan_json: Arc<str>,
+    pidfd: BorrowedFd<'_>,
+    cgroup_procs: &[BorrowedFd<'_>],
+    cgroup_paths: &[PathBuf],
+) -> Result<(SpawnRequest, std::os::unix::net::UnixStream)> {
+    let pidfd = pidfd.try_clone_to_owned()?;
+    let cgroup_procs = cgroup_procs
+        .iter()
+        .map(|fd| fd.try_clone_to_owned())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let cgroup_dirs = cgroup_paths
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    let (runtime_end, kernel_end) = std::os::unix::net::UnixStream::pair()?;
+    Ok((
+        SpawnRequest {
+            plan_json,
+            pidfd,
+            cgroup_procs,
+            cgroup_dirs,
+            channel: kernel_end.into(),
+            await_go: true,
+        },
+        runtime_end,
+    ))
+}
+
+/// Let the child on the other end of `channel` join its shell (send the go byte).
+fn send_go(channel: &std::os::unix::net::UnixStream) -> Result<()> {
+    let go = [GO];
+    // SAFETY: send(2) of a 1-byte local buffer on a socket we own; MSG_NOSIGNAL: a child
+    // that is gone is an EPIPE error, not a SIGPIPE.
+    let n = unsafe {
+        libc::send(
+            channel.as_raw_fd(),
+            go.as_ptr().cast(),
+            1,
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n != 1 {
+        return Err(SandboxError::Io(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Destroy a shell (kills its kernel) off the async threads, then release its permit.
 pub(crate) fn destroy_later(shell: Sandbox, permit: Option<OwnedSemaphorePermit>) {
     let work = move || {
@@ -440,8 +529,12 @@ pub struct KernelTimings {
     pub request_ns: u64,
     /// The shell sandbox was ready (`None`: the kernel joined an existing shell).
     pub shell_ready_ns: Option<u64>,
-    /// The spawn request went to the zygote.
+    /// The spawn request went to the zygote (before `shell_ready_ns` when it was asked
+    /// early, see `go_sent_ns`).
     pub spawn_sent_ns: u64,
+    /// The kernel was asked for while its shell was still starting, and this is when it
+    /// was told to join (the shell was ready). `None`: it was asked for after.
+    pub go_sent_ns: Option<u64>,
     /// The child's first instruction after fork (reported by the kernel).
     pub forked_ns: Option<u64>,
     /// The zygote's reply arrived.
@@ -467,6 +560,9 @@ impl KernelTimings {
             v.push(("shell_ready", ms(t)));
         }
         v.push(("spawn_sent", ms(self.spawn_sent_ns)));
+        if let Some(t) = self.go_sent_ns {
+            v.push(("go_sent", ms(t)));
+        }
         if let Some(t) = self.forked_ns {
             v.push(("forked", ms(t)));
         }
@@ -693,11 +789,34 @@ impl TemplateInner {
             .await
             .map_err(|e| SandboxError::Task(e.to_string()))?;
         let spec = self.shell_spec.clone();
-        let spawn = move || Sandbox::spawn(&spec, SpawnOptions::default());
+        let zygote = self.zygote.clone();
+        let cached_plan = self.plan_json.get().cloned();
+        let spawn = move || {
+            // The zygote's fork (~1.5-3 ms with its reply) overlaps the rest of the
+            // shell's start: the request goes out as soon as init exists, and the child
+            // waits for the go byte (sent below, once the shell is ready) before it
+            // touches anything of the shell.
+            let mut early: Option<EarlySpawn> = None;
+            let shell = Sandbox::spawn_with_hook(&spec, SpawnOptions::default(), &mut |j| {
+                if early.is_some() {
+                    return;
+                }
+                match EarlySpawn::request(&zygote, cached_plan.clone(), &j) {
+                    Ok(e) => early = Some(e),
+                    Err(e) => tracing::debug!(
+                        "cannot ask for the kernel before its shell is ready ({e}); asking after"
+                    ),
+                }
+            });
+            // On an error the early request is dropped here: its child (if forked
+            // already) reads EOF instead of the go byte and exits, and dies anyway with
+            // the shell's init (it is in init's pid namespace); the zygote reaps it.
+            (shell, early)
+        };
         // The fork blocks for a few ms. On a multi-threaded runtime, block in place (the
         // worker's other tasks move elsewhere): two thread hand-offs fewer on the path
         // to a ready kernel, which on a busy machine cost milliseconds each.
-        let spawned = match tokio::runtime::Handle::current().runtime_flavor() {
+        let (spawned, early) = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(spawn),
             _ => tokio::task::spawn_blocking(spawn)
                 .await
@@ -716,9 +835,21 @@ impl TemplateInner {
         unsafe { libc::setpgid(shell.pid(), shell.pid()) };
         let shell_ready_ns = monotonic_ns();
         let result = async {
-            let (req, runtime_end) = self.prepare_spawn(&shell)?;
-            // The request goes out now; the mount edits (~0.1 ms) overlap the fork.
-            let reply = self.zygote.spawn(req)?;
+            let (reply, runtime_end, go_ns) = match early {
+                Some(e) => {
+                    self.plan_json.get_or_init(|| e.plan_json.clone());
+                    // The shell is ready: the child may join it now.
+                    send_go(&e.runtime_end)?;
+                    (e.reply, e.runtime_end, Some(monotonic_ns()))
+                }
+                None => {
+                    let (req, runtime_end) = self.prepare_spawn(&shell)?;
+                    let reply: SpawnReplyFuture = Box::pin(self.zygote.spawn(req)?);
+                    (reply, runtime_end, None)
+                }
+            };
+            // The mount edits (~0.1 ms) overlap the child's join; the handle is returned
+            // only once they are done.
             let edited = attach::apply(&shell, edits);
             let mut kernel = self
                 .connect_spawned(
@@ -726,6 +857,7 @@ impl TemplateInner {
                     runtime_end,
                     request_ns,
                     Some(shell_ready_ns),
+                    go_ns,
                 )
                 .await?;
             edited?;
@@ -757,7 +889,8 @@ impl TemplateInner {
         }
     }
 
-    /// What the zygote needs to fork a kernel into `shell`.
+    /// What the zygote needs to fork a kernel into `shell` (ready: the go byte is on
+    /// the channel already).
     pub(crate) fn prepare_spawn(
         &self,
         shell: &Sandbox,
@@ -765,33 +898,16 @@ impl TemplateInner {
         let join = shell.join_plan();
         let plan_json = self
             .plan_json
-            .get_or_init(|| {
-                let plan = kernel_join_plan(join.plan.clone());
-                Arc::from(serde_json::to_string(&plan).unwrap_or_else(|_| "{}".into()))
-            })
+            .get_or_init(|| plan_json_of(&join.plan))
             .clone();
-        let pidfd = join.pidfd.try_clone_to_owned()?;
-        let cgroup_procs = join
-            .cgroup_procs
-            .iter()
-            .map(|fd| fd.try_clone_to_owned())
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let cgroup_dirs = shell
-            .cgroup_paths()
-            .iter()
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .collect();
-        let (runtime_end, kernel_end) = std::os::unix::net::UnixStream::pair()?;
-        Ok((
-            SpawnRequest {
-                plan_json,
-                pidfd,
-                cgroup_procs,
-                cgroup_dirs,
-                channel: kernel_end.into(),
-            },
-            runtime_end,
-        ))
+        let (req, runtime_end) = spawn_request(
+            plan_json,
+            join.pidfd,
+            &join.cgroup_procs,
+            &shell.cgroup_paths(),
+        )?;
+        send_go(&runtime_end)?;
+        Ok((req, runtime_end))
     }
 
     /// Fork a kernel into `shell` and wait for its hello.
@@ -803,7 +919,7 @@ impl TemplateInner {
         shell_ready_ns: Option<u64>,
     ) -> Result<KernelProc> {
         let reply = self.spawn_reply(self.zygote.spawn(req)?).await?;
-        self.connect_spawned(reply, runtime_end, request_ns, shell_ready_ns)
+        self.connect_spawned(reply, runtime_end, request_ns, shell_ready_ns, None)
             .await
     }
 
@@ -830,6 +946,7 @@ impl TemplateInner {
         runtime_end: std::os::unix::net::UnixStream,
         request_ns: u64,
         shell_ready_ns: Option<u64>,
+        go_sent_ns: Option<u64>,
     ) -> Result<KernelProc> {
         let pidfd = Arc::new(reply.pidfd.ok_or_else(|| SandboxError::ZygoteUnavailable {
             template: self.name.clone(),
@@ -851,6 +968,7 @@ impl TemplateInner {
             request_ns,
             shell_ready_ns,
             spawn_sent_ns: reply.sent_ns,
+            go_sent_ns,
             forked_ns: info.timing.as_ref().map(|t| t.forked_ns),
             spawned_ns: reply.replied_ns,
             joined_ns: info.timing.as_ref().map(|t| t.joined_ns),

@@ -77,6 +77,9 @@ pub(crate) struct SpawnRequest {
     pub cgroup_dirs: Vec<PathBuf>,
     /// The kernel's end of its channel.
     pub channel: OwnedFd,
+    /// The child waits for the go byte ([`crate::zygote::GO`]) on its channel before it joins (the
+    /// request may go out before the shell is ready).
+    pub await_go: bool,
 }
 
 /// A forked kernel child.
@@ -490,8 +493,8 @@ impl Supervisor {
             raw.push(fd.as_raw_fd());
         }
         let body = format!(
-            r#"{{"type":"spawn","id":{id},"plan":{},"fds":[{roles}]}}"#,
-            req.plan_json
+            r#"{{"type":"spawn","id":{id},"plan":{},"fds":[{roles}],"go":{}}}"#,
+            req.plan_json, req.await_go
         );
         let sent_ns = monotonic_ns();
         z.control

@@ -72,6 +72,9 @@ pub enum ZygoteRequest<'a> {
         id: u64,
         plan: &'a JoinPlan,
         fds: Vec<FdRole>,
+        /// The child waits for [`GO`] on its channel before it joins.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        go: bool,
     },
     Ping {
         id: u64,
@@ -146,6 +149,14 @@ impl ZygoteConfig {
         }
     }
 }
+
+/// The byte that lets a child spawned with `go` (see [`Zygote::spawn_awaiting_go`])
+/// join its sandbox.
+pub const GO: u8 = b'G';
+
+/// The exit code of a child whose go byte never came (its channel closed, or another
+/// byte arrived): it joined nothing.
+pub const NO_GO_EXIT: i32 = 113;
 
 /// The fds a child needs to join its sandbox.
 #[derive(Debug, Default)]
@@ -230,6 +241,26 @@ impl Zygote {
 
     /// Fork a kernel that joins a sandbox by `plan`, and return its channel.
     pub async fn spawn(&mut self, plan: &JoinPlan, fds: SpawnFds<'_>) -> Result<SpawnedKernel> {
+        self.spawn_inner(plan, fds, false).await
+    }
+
+    /// Fork a child that waits for the byte [`GO`] on its channel before it joins (the
+    /// sandbox it joins may still be starting). Anything else (EOF included) makes it
+    /// exit with [`NO_GO_EXIT`] before its first join step.
+    pub async fn spawn_awaiting_go(
+        &mut self,
+        plan: &JoinPlan,
+        fds: SpawnFds<'_>,
+    ) -> Result<SpawnedKernel> {
+        self.spawn_inner(plan, fds, true).await
+    }
+
+    async fn spawn_inner(
+        &mut self,
+        plan: &JoinPlan,
+        fds: SpawnFds<'_>,
+        go: bool,
+    ) -> Result<SpawnedKernel> {
         let (runtime_end, kernel_end) = std::os::unix::net::UnixStream::pair()?;
         let id = self.next_id;
         self.next_id += 1;
@@ -247,6 +278,7 @@ impl Zygote {
             id,
             plan,
             fds: roles,
+            go,
         })
         .map_err(crate::protocol::ProtocolError::Encode)?;
         self.control.send(&body, &raw).await?;

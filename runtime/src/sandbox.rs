@@ -192,6 +192,26 @@ pub struct Join<'a> {
     pub cgroup_procs: Vec<BorrowedFd<'a>>,
 }
 
+/// What a joiner of a shell gets from [`Sandbox::spawn_with_hook`] as soon as the shell's
+/// init exists, usually before its setup (mounts, pivot, hardening) is done: enough to
+/// start a slow preparation early (e.g. fork a process into init's pid namespace). The
+/// sandbox is *not* ready: a joiner must not enter its other namespaces or its cgroup
+/// before `spawn_with_hook` returns `Ok`. If it returns `Err`, init is killed, which kills every
+/// process in its pid namespace.
+#[derive(Debug)]
+pub struct EarlyJoin<'a> {
+    /// The plan [`Sandbox::join_plan`] will return.
+    pub plan: &'a JoinPlan,
+    /// init's host pid.
+    pub init_pid: i32,
+    /// init's pidfd (the one the sandbox keeps).
+    pub pidfd: BorrowedFd<'a>,
+    /// `cgroup.procs` of each of the sandbox's cgroups.
+    pub cgroup_procs: Vec<BorrowedFd<'a>>,
+    /// The sandbox's cgroup leaves ([`Sandbox::cgroup_paths`]).
+    pub cgroup_paths: Vec<PathBuf>,
+}
+
 /// Process-wide facts, detected once.
 struct Host {
     cgroups: CgroupSystem,
@@ -319,6 +339,19 @@ impl Sandbox {
     /// # Ok::<(), dsbox_runtime::Error>(())
     /// ```
     pub fn spawn(spec: &SandboxSpec, opts: SpawnOptions) -> Result<Sandbox> {
+        Self::spawn_with_hook(spec, opts, &mut |_| {})
+    }
+
+    /// [`spawn`](Self::spawn), calling `init_started` once on this thread as soon as
+    /// init's pid is known (usually about a millisecond before init is ready; later when
+    /// the middle process that reports it is descheduled) with what a joiner needs
+    /// ([`EarlyJoin`]). It is not called when the start fails before. The hook must be
+    /// quick and must not block.
+    pub fn spawn_with_hook(
+        spec: &SandboxSpec,
+        opts: SpawnOptions,
+        init_started: &mut dyn FnMut(EarlyJoin<'_>),
+    ) -> Result<Sandbox> {
         let request_ns = monotonic_ns();
         spec.validate()?;
         let host = host();
@@ -361,6 +394,7 @@ impl Sandbox {
             seccomp,
             landlock_plan,
             userns,
+            init_started,
         )
     }
 
@@ -374,6 +408,7 @@ impl Sandbox {
         seccomp: Option<BpfProgram>,
         landlock_plan: Option<LandlockPlan>,
         userns: bool,
+        init_started: &mut dyn FnMut(EarlyJoin<'_>),
     ) -> Result<Sandbox> {
         macro_rules! tri {
             ($e:expr) => {
@@ -510,6 +545,8 @@ impl Sandbox {
             freezer: !spec.namespaces.pid,
         };
         let no_limits = limits.memory.is_none() && limits.pids.is_none() && limits.cpus.is_none();
+        // The cgroup leaves, for the early-join hook (the closure below owns `cgroup`).
+        let early_paths: std::cell::RefCell<Vec<PathBuf>> = Default::default();
         let mut join = || -> std::result::Result<Vec<RawFd>, start::StartError> {
             match host()
                 .cgroups
@@ -517,6 +554,7 @@ impl Sandbox {
             {
                 Ok(Some(cg)) => {
                     let fds = cg.open_procs();
+                    *early_paths.borrow_mut() = cg.paths();
                     cgroup = Some(cg);
                     cgroup_procs = fds?;
                 }
@@ -536,13 +574,44 @@ impl Sandbox {
             }
             Ok(cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect())
         };
-        let started = start::start(
+        let join_plan = JoinPlan {
+            namespaces: namespaces::join_flags(spec),
+            uid: process.uid,
+            gid: process.gid,
+            cwd: process.cwd.clone(),
+            env,
+            rlimits: rlimits::as_triples(&spec.limits.rlimits),
+            landlock: landlock_plan,
+            seccomp_bpf: seccomp.as_ref().map(BpfProgram::to_base64),
+            hostname: spec.hostname.clone(),
+            drop_capabilities: drop_caps,
+            no_new_privs: spec.no_new_privs,
+        };
+        // The cgroup.procs fds the join closure returned, as raw numbers (the closure
+        // holds the owned fds until `start` returns).
+        let mut early = |init_pid: i32, pidfd: BorrowedFd<'_>, procs: &[RawFd]| {
+            init_started(EarlyJoin {
+                plan: &join_plan,
+                init_pid,
+                pidfd,
+                // SAFETY: these are the fds `join` opened; they stay open (owned by
+                // `cgroup_procs`) at least until `start` returns, and the hook only
+                // borrows them for its call.
+                cgroup_procs: procs
+                    .iter()
+                    .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
+                    .collect(),
+                cgroup_paths: early_paths.borrow().clone(),
+            })
+        };
+        let started = start::start_with_hook(
             &plan,
             parent_chan,
             child_fd,
             process.uid,
             process.gid,
             &mut join,
+            &mut early,
         );
         let started = match started {
             Ok(s) => s,
@@ -562,19 +631,7 @@ impl Sandbox {
         drop(held);
         drop(opts);
 
-        let join = JoinPlan {
-            namespaces: namespaces::join_flags(spec),
-            uid: process.uid,
-            gid: process.gid,
-            cwd: process.cwd.clone(),
-            env,
-            rlimits: rlimits::as_triples(&spec.limits.rlimits),
-            landlock: landlock_plan,
-            seccomp_bpf: seccomp.as_ref().map(BpfProgram::to_base64),
-            hostname: spec.hostname.clone(),
-            drop_capabilities: drop_caps,
-            no_new_privs: spec.no_new_privs,
-        };
+        let join = join_plan;
         let mut sandbox = Sandbox {
             id,
             init_pid: started.init_pid,

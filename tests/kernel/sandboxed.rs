@@ -716,9 +716,27 @@ fn kernel_timestamps_follow_the_steps_in_order() {
         let forked = k.forked_ns.unwrap();
         let joined = k.joined_ns.unwrap();
         let kernel_ready = k.kernel_ready_ns.unwrap();
+        // The fork was asked for while the shell was still starting (it overlaps the
+        // shell's start; the zygote may send it later: the first request waits for the
+        // zygote to start), and the child joined only after the go byte, which went out
+        // once the shell was ready.
+        let go_sent = k.go_sent_ns.expect("the kernel was asked for early");
+        let step = |name: &str| {
+            k.join_steps
+                .iter()
+                .find(|(s, _)| s == name)
+                .map(|(_, t)| *t)
+                .unwrap_or_else(|| panic!("no join step {name}: {k:?}"))
+        };
         assert!(
-            a.request_ns <= shell
-                && shell <= k.spawn_sent_ns
+            shell <= go_sent
+                && go_sent <= step("go")
+                && step("go") <= step("cgroup")
+                && step("cgroup") <= step("setns"),
+            "asked early, joined after go: {a:?}"
+        );
+        assert!(
+            a.request_ns <= k.spawn_sent_ns
                 && k.spawn_sent_ns <= forked
                 && forked <= joined
                 && joined <= kernel_ready
@@ -732,6 +750,43 @@ fn kernel_timestamps_follow_the_steps_in_order() {
         }
         sb.close().await.unwrap();
     });
+}
+
+#[test]
+fn the_runtime_tells_a_joiner_about_a_shell_once_while_it_starts() {
+    require_root!();
+    use dsbox_runtime::process::message::monotonic_ns;
+    use dsbox_runtime::{Sandbox, SpawnOptions};
+    let spec = config().shell_spec();
+    let mut seen = Vec::new();
+    let shell = Sandbox::spawn_with_hook(&spec, SpawnOptions::default(), &mut |j| {
+        let procs_open = j
+            .cgroup_procs
+            .iter()
+            .all(|fd| fd.try_clone_to_owned().is_ok());
+        seen.push((
+            monotonic_ns(),
+            j.init_pid,
+            j.plan.clone(),
+            j.cgroup_paths.clone(),
+            j.cgroup_procs.len(),
+            procs_open,
+        ));
+    })
+    .expect("a shell");
+    assert_eq!(seen.len(), 1, "the hook runs once");
+    // (Usually before init's `Ready` arrived; not always: the middle process that
+    // reports init's pid may be descheduled until after init is ready.)
+    let (at, init_pid, plan, paths, procs, procs_open) = seen.pop().unwrap();
+    assert!(at >= shell.timings().request_ns, "during the spawn");
+    assert_eq!(init_pid, shell.pid());
+    let join = shell.join_plan();
+    assert_eq!(plan, join.plan, "the plan join_plan() gives");
+    assert_eq!(paths, shell.cgroup_paths());
+    assert!(!paths.is_empty(), "shells have a cgroup (limits)");
+    assert_eq!(procs, join.cgroup_procs.len());
+    assert!(procs_open, "the cgroup.procs fds were open during the hook");
+    shell.destroy().unwrap();
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The zygote's Python side without the runtime: preload, fork, reap, and each step of
 //! joining (namespaces, identity, capabilities, landlock, seccomp), as root.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -371,6 +371,130 @@ async fn a_joined_child_enters_the_shell_namespaces() {
         .unwrap();
     let c = cell(&mut k2, "import os\nos.getpid() > 2").await;
     assert_eq!(c.result_text(), Some("True"));
+    drop(shell);
+    z.shutdown().await.unwrap();
+}
+
+/// The child's uid as its parent's /proc shows it (the real uid, first field).
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_child_asked_for_early_joins_nothing_until_its_go_byte() {
+    use tokio::io::AsyncWriteExt;
+    require_root!();
+    let mut z = zygote(&[]).await;
+    let mut spawned = z
+        .spawn_awaiting_go(&plan(65534), SpawnFds::default())
+        .await
+        .unwrap();
+    let pid = spawned.pid;
+    // No join step runs before the go byte: after a while the child is still root and
+    // has said nothing on its channel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(uid_of(pid), Some(0), "still the zygote's uid before go");
+    let mut buf = [0u8; 16];
+    match spawned.channel.try_read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the child spoke before its go byte: {other:?}"),
+    }
+    let go_at = dsbox_runtime::process::message::monotonic_ns();
+    spawned
+        .channel
+        .write_all(&[dsbox_kernel::zygote::GO])
+        .await
+        .unwrap();
+    let mut k = connect(spawned).await.unwrap();
+    let timing = k.info().timing.clone().expect("the hello's timestamps");
+    let at = |name: &str| {
+        timing
+            .steps
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("no step {name}: {timing:?}"))
+    };
+    assert!(
+        go_at <= at("go") && at("go") <= at("cgroup") && at("cgroup") <= at("seccomp"),
+        "go, then every join step: {timing:?}"
+    );
+    let c = cell(&mut k, "import os\nos.getuid()").await;
+    assert_eq!(c.result_text(), Some("65534"));
+    k.shutdown().await.unwrap();
+    assert_eq!(exit_of(&mut z, pid).await, (Some(0), None));
+    z.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_child_whose_go_never_comes_exits_without_joining_and_is_reaped() {
+    use tokio::io::AsyncWriteExt;
+    require_root!();
+    let mut z = zygote(&[]).await;
+    // The runtime gave up (its shell failed): the channel closes before go.
+    let spawned = z
+        .spawn_awaiting_go(&plan(0), SpawnFds::default())
+        .await
+        .unwrap();
+    let pid = spawned.pid;
+    drop(spawned);
+    assert_eq!(
+        exit_of(&mut z, pid).await,
+        (Some(dsbox_kernel::zygote::NO_GO_EXIT), None)
+    );
+    // Another byte than go is not a go-ahead either.
+    let mut spawned = z
+        .spawn_awaiting_go(&plan(0), SpawnFds::default())
+        .await
+        .unwrap();
+    let pid = spawned.pid;
+    spawned.channel.write_all(b"x").await.unwrap();
+    assert_eq!(
+        exit_of(&mut z, pid).await,
+        (Some(dsbox_kernel::zygote::NO_GO_EXIT), None)
+    );
+    drop(spawned);
+    assert_eq!(z.ping().await.unwrap(), 0, "both children reaped");
+    z.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_child_asked_for_early_dies_with_a_shell_that_never_becomes_ready() {
+    require_root!();
+    let shell = FakeShell::start();
+    let mut z = zygote(&[]).await;
+    let mut p = plan(0);
+    p.namespaces =
+        (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    let fds = SpawnFds {
+        pidfd: Some(shell.pidfd.as_fd()),
+        cgroup_procs: vec![],
+    };
+    // Forked into the shell's pid namespace, waiting for go; the channel stays open.
+    let spawned = z.spawn_awaiting_go(&p, fds).await.unwrap();
+    let pid = spawned.pid;
+    // The shell's init dies (as when the runtime kills a shell whose start failed):
+    // the kernel kills everything in its pid namespace, the waiting child too, and the
+    // zygote reaps it.
+    // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            shell.pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    assert_eq!(rc, 0, "kill the shell's init");
+    assert_eq!(exit_of(&mut z, pid).await, (None, Some(libc::SIGKILL)));
+    assert_eq!(z.ping().await.unwrap(), 0, "the child was reaped");
+    drop(spawned);
     drop(shell);
     z.shutdown().await.unwrap();
 }

@@ -1,7 +1,7 @@
 //! The runtime side of the start path: fork the middle process, answer its id-map
 //! request, learn init's pid, wait for `Ready`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::ChildPlan;
 use super::channel::{Channel, ChannelError};
@@ -124,6 +124,32 @@ pub fn start(
     sandbox_gid: u32,
     join_cgroups: &mut dyn FnMut() -> Result<Vec<RawFd>, StartError>,
 ) -> Result<Started, StartError> {
+    start_with_hook(
+        plan,
+        parent,
+        child_channel,
+        sandbox_uid,
+        sandbox_gid,
+        join_cgroups,
+        &mut |_, _, _| {},
+    )
+}
+
+/// [`start`], calling `init_started(init_pid, init_pidfd, cgroup_procs)` (the fds
+/// `join_cgroups` returned) once, as soon as init's pid is known: init and its pid
+/// namespace exist, its setup is usually still running (it may be done already when the
+/// middle process was descheduled). A joiner can start its own slow preparation (e.g. a
+/// fork into that pid namespace) meanwhile; whatever it starts must wait for the `Ok` of
+/// this function before it enters the other namespaces or the cgroup.
+pub fn start_with_hook(
+    plan: &ChildPlan,
+    parent: Channel,
+    child_channel: OwnedFd,
+    sandbox_uid: u32,
+    sandbox_gid: u32,
+    join_cgroups: &mut dyn FnMut() -> Result<Vec<RawFd>, StartError>,
+    init_started: &mut dyn FnMut(i32, BorrowedFd<'_>, &[RawFd]),
+) -> Result<Started, StartError> {
     let child_fd = child_channel.as_raw_fd();
     // SAFETY: glibc's fork; the child runs only `middle_main`, which never returns and
     // avoids std's locks (see process/init.rs).
@@ -193,6 +219,8 @@ pub fn start(
         }
     };
     let mut ready: Option<(Option<i32>, u64)> = None;
+    // Opened when init's pid arrives (the hook gets it then).
+    let mut init_pidfd: Option<OwnedFd> = None;
     loop {
         if let (Some(init), Some((payload_pid, ready_ns))) = (init_pid, ready) {
             // The middle process exits right after reporting init's pid; reap it if it
@@ -207,12 +235,15 @@ pub fn start(
                     middle_pending = Some(middle);
                 }
             }
-            let pidfd = match pidfd_open(init) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    cleanup(Some(init));
-                    return Err(e);
-                }
+            let pidfd = match init_pidfd.take() {
+                Some(fd) => fd,
+                None => match pidfd_open(init) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        cleanup(Some(init));
+                        return Err(e);
+                    }
+                },
             };
             steps.sort_by_key(|s| s.at_ns);
             return Ok(Started {
@@ -247,6 +278,18 @@ pub fn start(
             Some(Message::InitStarted { pid, steps: s }) => {
                 init_pid = Some(pid);
                 steps.extend(s);
+                // init is our child (CLONE_PARENT) and only we reap it: the pid names
+                // exactly it until we do.
+                match pidfd_open(pid) {
+                    Ok(fd) => {
+                        init_started(pid, fd.as_fd(), &cgroup_procs);
+                        init_pidfd = Some(fd);
+                    }
+                    Err(e) => {
+                        cleanup(init_pid);
+                        return Err(e);
+                    }
+                }
             }
             Some(Message::Ready {
                 payload_pid: p,
