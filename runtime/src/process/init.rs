@@ -204,6 +204,7 @@ pub fn middle_main(plan: &ChildPlan, channel: RawFd) -> ! {
     let sys = LinuxSyscall;
     let mut steps = Vec::with_capacity(16);
     reset_signals();
+    die_with_runtime_during_setup(plan);
     // SAFETY: umask has no failure mode; 0 so modes in the mount plan are exact.
     unsafe { libc::umask(0) };
     // The runtime moves this process into the sandbox's cgroup(s) while we create the
@@ -260,14 +261,11 @@ pub fn middle_main(plan: &ChildPlan, channel: RawFd) -> ! {
     }
     if !plan.pidns {
         // No pid namespace (the zygote role): this process is the sandbox.
-        if plan.die_with_parent {
-            // SAFETY: prctl with integer arguments; getppid has no preconditions.
-            unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                if libc::getppid() != plan.runtime_pid {
-                    exit(SETUP_FAILED);
-                }
-            }
+        // The setup-time death signal stays only when asked for; such a sandbox watches
+        // no channel (its payload is this process), so it is up to its owner.
+        if !plan.die_with_parent {
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
         }
         send_quiet(
             channel,
@@ -404,11 +402,11 @@ fn init_main(
 ) -> ! {
     let sys = LinuxSyscall;
     steps.clear();
-    if plan.die_with_parent {
-        // SAFETY: prctl with integer arguments. (getppid is 0 in a new pid namespace, so a
-        // runtime that died before this point is noticed when sending `Ready` fails.)
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    }
+    // Always during setup (see `die_with_runtime_during_setup`); cleared after it unless
+    // `die_with_parent`. (getppid is 0 in a new pid namespace, so a runtime that died
+    // before this point is noticed by `watch_for_hangup`.)
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     if let Err(e) = setup_environment(&sys, plan, &mut steps, plan.loopback && net_pipe.is_none()) {
         fail(channel, e);
     }
@@ -478,13 +476,36 @@ fn init_main(
     for (first, last) in super::close_ranges(&[channel]) {
         let _ = sys.close_range(first, last);
     }
+    // From here on the channel tells init that the runtime is gone.
+    watch_for_hangup(channel);
+    if !plan.die_with_parent {
+        // SAFETY: prctl with integer arguments: clears the setup-time death signal.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    }
     if let Err(e) = harden(&sys, &plan.init_hardening, false) {
         // The payload already runs; without hardening init must not stay around.
         send_quiet(channel, &Message::SetupFailed(e));
         exit(SETUP_FAILED);
     }
-    watch_for_hangup(channel);
     init_loop(channel, payload_pid, &set)
+}
+
+/// Until init has closed the runtime's fds, every process of a starting sandbox holds
+/// copies of them — among them the runtime's ends of *other* sandboxes' channels, so two
+/// sandboxes starting at once could each keep the other's channel open after the runtime
+/// died, and both wait for a `Go` forever (holding the runtime's files, e.g. a run's lock).
+/// During setup they therefore die with the runtime's thread that started them (it waits
+/// for the setup to finish, so it outlives it unless the runtime dies). Init clears this
+/// again (unless `die_with_parent`) once [`watch_for_hangup`] has taken over.
+fn die_with_runtime_during_setup(plan: &ChildPlan) {
+    // SAFETY: prctl with integer arguments; getppid has no preconditions.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != plan.runtime_pid {
+            // The runtime died before the line above.
+            exit(SETUP_FAILED);
+        }
+    }
 }
 
 /// A sandbox never outlives the runtime that holds it. The runtime keeps its end of the
