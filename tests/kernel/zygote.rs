@@ -498,3 +498,30 @@ async fn a_child_asked_for_early_dies_with_a_shell_that_never_becomes_ready() {
     drop(shell);
     z.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn children_draw_different_numpy_numbers_and_can_still_seed_numpy() {
+    require_root!();
+    let mut z = zygote(&["numpy"]).await;
+    let mut a = connect(z.spawn(&plan(0), SpawnFds::default()).await.unwrap())
+        .await
+        .unwrap();
+    let mut b = connect(z.spawn(&plan(0), SpawnFds::default()).await.unwrap())
+        .await
+        .unwrap();
+    let draw = "import numpy\n[int(x) for x in numpy.random.randint(0, 2**31, size=4)]";
+    let (ra, rb) = (cell(&mut a, draw).await, cell(&mut b, draw).await);
+    assert!(ra.result_text().is_some(), "{ra:?}");
+    assert_ne!(
+        ra.result_text(),
+        rb.result_text(),
+        "numpy's global generator is reseeded in every child"
+    );
+    let seeded = "numpy.random.seed(42)\n[int(x) for x in numpy.random.randint(0, 2**31, size=4)]";
+    let (sa, sb) = (cell(&mut a, seeded).await, cell(&mut b, seeded).await);
+    assert!(sa.result_text().is_some(), "{sa:?}");
+    assert_eq!(sa.result_text(), sb.result_text(), "seed(42) still works");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    z.shutdown().await.unwrap();
+}
