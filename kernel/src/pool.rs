@@ -839,7 +839,14 @@ impl TemplateInner {
                 Some(e) => {
                     self.plan_json.get_or_init(|| e.plan_json.clone());
                     // The shell is ready: the child may join it now.
-                    send_go(&e.runtime_end)?;
+                    if let Err(go_failed) = send_go(&e.runtime_end) {
+                        // The child's end is gone: most likely the zygote died with the
+                        // request (its reply says so, and `create` retries that).
+                        return match self.spawn_reply(e.reply).await {
+                            Err(e @ SandboxError::ZygoteDied { .. }) => Err(e),
+                            _ => Err(go_failed),
+                        };
+                    }
                     (e.reply, e.runtime_end, Some(monotonic_ns()))
                 }
                 None => {
