@@ -188,13 +188,13 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
         .map_err(EvalBenchError::Runtime)?;
     // The clock starts before the backend: the pooled backend's zygote imports pandas
     // before its first kernel, a cost every `dsbox eval` pays once, and it counts.
-    let started = Instant::now();
+    let backend_started = Instant::now();
     let factory = {
         let _runtime = rt.enter();
         make_factory(&cfg.rootfs, &cfg.backend)?
     };
     rt.block_on(factory.warm(cfg.concurrency.max(1), Duration::from_secs(120)));
-    let warmup = started.elapsed();
+    let warmup = backend_started.elapsed();
     let cold = ColdConfig::from_rootfs(&cfg.rootfs);
 
     // --- dsbox: the whole pipeline into a scratch run directory ---
@@ -248,7 +248,6 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
         concurrency: cfg.concurrency.max(1),
         retry_errors: false,
     };
-    let started = Instant::now();
     let (_cancel, rx) = tokio::sync::watch::channel(false);
     let report = rt.block_on(run_eval(
         run_dir,
@@ -259,7 +258,7 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
         Arc::new(dsbox_agent::run::Quiet),
         rx,
     ));
-    let dsbox_wall = started.elapsed();
+    let dsbox_wall = backend_started.elapsed();
     if cfg.keep_run.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -307,6 +306,7 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
         .clamp(1, items.len());
     let mut cell_ms = Vec::new();
     let mut task_ms = Vec::new();
+    let started = Instant::now();
     for item in &items[..n] {
         let path = first_csv(item).unwrap_or_default();
         let mut spec = cold
