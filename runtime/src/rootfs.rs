@@ -131,6 +131,26 @@ struct Builder {
     host_skeleton: bool,
     /// For `Root::Dir`: the rootfs directory, where mount points must already exist.
     rootfs_dir: Option<PathBuf>,
+    /// Empty directories of a `Root::Dir` rootfs covered by a tmpfs that holds mount
+    /// points the rootfs lacks (see `overlay_for`); made read-only by `finish_overlays`.
+    overlays: Vec<PathBuf>,
+}
+
+/// The directory under which a mount point missing from rootfs `dir` can be created: the
+/// deepest ancestor of `inside_path` that the rootfs has, if it is an empty directory (not
+/// `/`, not a symlink). A tmpfs over it hides nothing.
+fn empty_ancestor(dir: &Path, inside_path: &Path) -> Option<PathBuf> {
+    let base = inside_path
+        .ancestors()
+        .skip(1)
+        .find(|a| std::fs::symlink_metadata(inside(dir, a)).is_ok())?;
+    if base == Path::new("/") {
+        return None;
+    }
+    let host = inside(dir, base);
+    let meta = std::fs::symlink_metadata(&host).ok()?;
+    let empty = std::fs::read_dir(&host).ok()?.next().is_none();
+    (meta.is_dir() && empty).then(|| base.to_owned())
 }
 
 impl Builder {
@@ -167,15 +187,76 @@ impl Builder {
                     mode: 0o644,
                 });
             }
-        } else if let Some(dir) = &self.rootfs_dir
-            && std::fs::symlink_metadata(inside(dir, inside_path)).is_err()
+        } else if let Some(dir) = self.rootfs_dir.clone()
+            && std::fs::symlink_metadata(inside(&dir, inside_path)).is_err()
         {
-            return Err(PlanError::MissingMountPoint {
-                root: dir.clone(),
-                inside: inside_path.into(),
-            });
+            // A mount point the rootfs lacks, e.g. a task's /data/x.csv in a built
+            // rootfs's empty /data: a tmpfs over the empty directory takes it.
+            let Some(base) = self
+                .overlays
+                .iter()
+                .find(|o| inside_path.starts_with(o))
+                .cloned()
+                .or_else(|| empty_ancestor(&dir, inside_path))
+            else {
+                return Err(PlanError::MissingMountPoint {
+                    root: dir,
+                    inside: inside_path.into(),
+                });
+            };
+            if !self.overlays.contains(&base) {
+                let base_c = cstr(&inside(&self.root, &base))?;
+                self.mount(
+                    Step::MountTmpfs,
+                    Some("dsbox-mountpoints"),
+                    base_c,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    Some("mode=755,size=1m".into()),
+                );
+                self.overlays.push(base.clone());
+            }
+            let below = |p: &Path| p.starts_with(&base) && p != base;
+            let dirs: Vec<&Path> = if is_dir {
+                inside_path.ancestors().filter(|a| below(a)).collect()
+            } else {
+                inside_path
+                    .ancestors()
+                    .skip(1)
+                    .filter(|a| below(a))
+                    .collect()
+            };
+            for d in dirs.into_iter().rev() {
+                self.ops.push(MountOp::Mkdir {
+                    path: cstr(&inside(&self.root, d))?,
+                    mode: 0o755,
+                });
+            }
+            if !is_dir {
+                self.ops.push(MountOp::WriteFile {
+                    path: cstr(&target)?,
+                    data: Vec::new(),
+                    mode: 0o644,
+                });
+            }
         }
         cstr(&target)
+    }
+
+    /// Make the tmpfs overlays read-only once every mount point is in them.
+    fn finish_overlays(&mut self) -> Result<(), PlanError> {
+        for base in std::mem::take(&mut self.overlays) {
+            let target = cstr(&inside(&self.root, &base))?;
+            self.mount(
+                Step::RemountReadonly,
+                None,
+                target,
+                None,
+                libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                None,
+            );
+        }
+        Ok(())
     }
 
     fn mount(
@@ -252,6 +333,7 @@ impl MountPlan {
                 Root::Dir(dir) => Some(dir.clone()),
                 Root::Host => None,
             },
+            overlays: Vec::new(),
         };
         let root_c = cstr(staging)?;
         let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
@@ -361,6 +443,7 @@ impl MountPlan {
                 )?,
             }
         }
+        b.finish_overlays()?;
         // A fresh /proc of the sandbox's pid namespace.
         let proc_target = b.mount_point(Path::new("/proc"), true)?;
         b.mount(
@@ -670,5 +753,66 @@ mod tests {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         MountPlan::build(&spec, Path::new("/stage"), false).unwrap();
+    }
+
+    #[test]
+    fn binds_a_rootfs_dir_lacks_go_into_a_read_only_tmpfs_over_its_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["tmp", "workdir", "submission", "proc", "dev", "data", "opt"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("opt/keep"), b"x").unwrap();
+        let host = tempfile::NamedTempFile::new().unwrap();
+        let bind = |dest: &str| Mount::Bind {
+            source: host.path().into(),
+            destination: dest.into(),
+            readonly: true,
+        };
+        let spec = SandboxSpec::builder()
+            .with_command(["/bin/true"])
+            .with_root(Root::Dir(dir.path().into()))
+            .with_mount(bind("/data/qrdata/x.csv"))
+            .with_mount(bind("/data/y.csv"))
+            .build()
+            .unwrap();
+        let plan = MountPlan::build(&spec, Path::new("/stage"), false).unwrap();
+        let ops: Vec<String> = plan.ops().iter().map(|op| format!("{op:?}")).collect();
+        let at = |needle: &str| {
+            ops.iter()
+                .position(|o| o.contains(needle))
+                .unwrap_or_else(|| panic!("no op with {needle}: {ops:#?}"))
+        };
+        let overlay = at("dsbox-mountpoints");
+        assert_eq!(
+            ops.iter()
+                .filter(|o| o.contains("dsbox-mountpoints"))
+                .count(),
+            1,
+            "one tmpfs for both binds"
+        );
+        let mkdir = at("Mkdir { path: \"/stage/data/qrdata\"");
+        let file = at("WriteFile { path: \"/stage/data/qrdata/x.csv\"");
+        let readonly = ops
+            .iter()
+            .rposition(|o| o.contains("RemountReadonly") && o.contains("\"/stage/data\""))
+            .expect("the overlay is remounted read-only");
+        assert!(
+            overlay < mkdir && mkdir < file && file < readonly,
+            "{ops:#?}"
+        );
+        assert!(ops[readonly].contains("flags: 39,"), "{}", ops[readonly]);
+
+        // Below a directory that is not empty a tmpfs would hide files: refused.
+        let spec = SandboxSpec::builder()
+            .with_command(["/bin/true"])
+            .with_root(Root::Dir(dir.path().into()))
+            .with_mount(bind("/opt/x.csv"))
+            .build()
+            .unwrap();
+        let err = MountPlan::build(&spec, Path::new("/stage"), false).unwrap_err();
+        assert!(
+            err.to_string().contains("does not exist in rootfs"),
+            "{err}"
+        );
     }
 }

@@ -1076,3 +1076,60 @@ fn an_unprivileged_user_gets_a_user_namespace_sandbox_with_the_same_protections(
         stderr(&out)
     );
 }
+
+#[test]
+fn a_rootfs_directory_takes_data_files_it_has_no_mount_points_for_read_only() {
+    require_root();
+    // A directory rootfs like the ones `dsbox rootfs build --base debootstrap` makes: an
+    // empty /data, the scratch dirs, /usr from the host, merged-usr links.
+    let root = tempfile::tempdir().unwrap();
+    for d in [
+        "tmp",
+        "workdir",
+        "submission",
+        "proc",
+        "dev",
+        "data",
+        "usr",
+        "etc",
+    ] {
+        std::fs::create_dir(root.path().join(d)).unwrap();
+    }
+    for l in ["bin", "lib", "lib64", "sbin"] {
+        std::os::unix::fs::symlink(format!("usr/{l}"), root.path().join(l)).unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("x.csv"), "a,b\n1,2\n").unwrap();
+    let x = format!("{}:/data/qrdata/x.csv", data.path().join("x.csv").display());
+    let out = dsbox(&[
+        "run",
+        "--rootfs",
+        root.path().to_str().unwrap(),
+        "--ro",
+        "/usr:/usr",
+        "--ro",
+        &x,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /data/qrdata/x.csv; ls /data; echo > /data/new || echo refused-new; \
+         echo > /data/qrdata/x.csv || echo refused-x",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["a,b", "1,2", "qrdata", "refused-new", "refused-x"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The rootfs itself is untouched (the mount points live in a tmpfs).
+    assert_eq!(
+        std::fs::read_dir(root.path().join("data")).unwrap().count(),
+        0
+    );
+}
