@@ -18,7 +18,6 @@ use dsbox_agent::sandbox::{BackendConfig, ColdConfig, SandboxRequest, make_facto
 use dsbox_agent::{
     EndReason, EpisodeSettings, EvalSetup, PlannedItem, RunDir, RunEnd, ScaffoldKind, run_eval,
 };
-use dsbox_runtime::{Sandbox, SpawnOptions, Stdio};
 use serde::Serialize;
 
 use crate::start::{Machine, Stats};
@@ -321,10 +320,11 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
                 p.args = vec![cold.python.clone(), "-c".into(), cell];
             }
             let t = Instant::now();
-            let code = baseline_cell(&spec).map_err(|detail| EvalBenchError::Baseline {
-                task: item.task.id.clone(),
-                detail,
-            })?;
+            let code =
+                crate::start::run_to_exit(&spec).map_err(|detail| EvalBenchError::Baseline {
+                    task: item.task.id.clone(),
+                    detail,
+                })?;
             let took = t.elapsed();
             if code != 0 {
                 return Err(EvalBenchError::Baseline {
@@ -362,21 +362,4 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
         meets_target: ratio >= 10.0,
         baseline_cell: Stats::from_ms(cell_ms),
     })
-}
-
-/// One baseline cell: a sandbox whose payload is `python -c CELL`; its exit code.
-fn baseline_cell(spec: &dsbox_runtime::SandboxSpec) -> Result<i32, String> {
-    let opts = SpawnOptions {
-        stdin: Stdio::Null,
-        stdout: Stdio::Null,
-        stderr: Stdio::Null,
-        extra_fds: Vec::new(),
-        die_with_runtime: true,
-    };
-    let mut sandbox = Sandbox::spawn(spec, opts).map_err(|e| e.to_string())?;
-    let report = sandbox.wait().map_err(|e| e.to_string());
-    let destroyed = sandbox.destroy().map_err(|e| e.to_string());
-    let code = report?.code();
-    destroyed?;
-    Ok(code)
 }

@@ -266,6 +266,24 @@ fn sandbox_once(spec: &SandboxSpec) -> Result<SandboxRun, StartBenchError> {
     })
 }
 
+/// A sandbox whose payload is `spec`'s process, with no stdio, run to its end and
+/// destroyed; the payload's exit code. The eval and synth baselines' "fresh python".
+pub(crate) fn run_to_exit(spec: &SandboxSpec) -> Result<i32, String> {
+    let opts = SpawnOptions {
+        stdin: Stdio::Null,
+        stdout: Stdio::Null,
+        stderr: Stdio::Null,
+        extra_fds: Vec::new(),
+        die_with_runtime: true,
+    };
+    let mut sandbox = Sandbox::spawn(spec, opts).map_err(|e| e.to_string())?;
+    let report = sandbox.wait().map_err(|e| e.to_string());
+    let destroyed = sandbox.destroy().map_err(|e| e.to_string());
+    let code = report?.code();
+    destroyed?;
+    Ok(code)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }

@@ -30,7 +30,6 @@ use dsbox_agent::{
     EpisodeSettings, EvalSetup, OpenAiConfig, OpenAiModel, PlannedItem, ResultRecord, RunDir,
     RunEnd, ScaffoldKind, Trajectory, run_eval,
 };
-use dsbox_runtime::{Sandbox, SpawnOptions, Stdio};
 use dsbox_tasks::{Prompts, Task};
 use serde::Serialize;
 
@@ -502,10 +501,11 @@ fn baseline(
                 p.args = vec![cold.python.clone(), "-c".into(), cells[..=i].join("\n")];
             }
             let t0 = Instant::now();
-            let code = one_process(&spec).map_err(|detail| SynthBenchError::Baseline {
-                task: task.id.clone(),
-                detail,
-            })?;
+            let code =
+                crate::start::run_to_exit(&spec).map_err(|detail| SynthBenchError::Baseline {
+                    task: task.id.clone(),
+                    detail,
+                })?;
             per_process.push(t0.elapsed().as_secs_f64() * 1e3);
             if code != 0 {
                 return Err(SynthBenchError::Baseline {
@@ -524,21 +524,4 @@ fn baseline(
         trajectories_per_minute: done as f64 / wall.max(1e-9) * 60.0,
         per_process: Stats::from_ms(per_process),
     })
-}
-
-/// A sandbox whose payload is `spec`'s process; its exit code.
-fn one_process(spec: &dsbox_runtime::SandboxSpec) -> Result<i32, String> {
-    let opts = SpawnOptions {
-        stdin: Stdio::Null,
-        stdout: Stdio::Null,
-        stderr: Stdio::Null,
-        extra_fds: Vec::new(),
-        die_with_runtime: true,
-    };
-    let mut sandbox = Sandbox::spawn(spec, opts).map_err(|e| e.to_string())?;
-    let report = sandbox.wait().map_err(|e| e.to_string());
-    let destroyed = sandbox.destroy().map_err(|e| e.to_string());
-    let code = report?.code();
-    destroyed?;
-    Ok(code)
 }
