@@ -19,8 +19,8 @@ use dsbox_tasks::{LoadedSuite, Prompts, SuiteRegistry};
 
 use super::eval::{default_out, prompts, runtime, select};
 use super::synth::{
-    ModelArgs, RunOpts, SandboxOpts, check_out, check_temperature, episode_settings, factory_for,
-    manifest, model_and_url, positive_u32, resumed_model, roll_out, run_end,
+    ModelArgs, Resumed, RunOpts, SandboxOpts, check_out, check_temperature, episode_settings,
+    factory_for, manifest, model_and_url, positive_u32, roll_out, run_end,
 };
 use super::tasks::SuiteSourceArgs;
 
@@ -255,20 +255,18 @@ fn resume(source: &SuiteSourceArgs, args: ShortcutArgs, dir: &Path) -> anyhow::R
         });
     }
     let items = no_data_items(&items, &suites, &prompts, stage.no_exec)?;
-    let concurrency = args.run.concurrency.unwrap_or(manifest.concurrency);
-    let model = resumed_model(&args.model, &manifest, concurrency)?;
-    let rt = runtime()?;
-    rt.block_on(model.preflight())?;
-    let sandbox = if stage.no_exec {
-        None
-    } else {
-        let rootfs = args
-            .sandbox
-            .rootfs
-            .clone()
-            .unwrap_or(manifest.backend.rootfs.clone());
-        Some(factory_for(&rt, &args.sandbox, &rootfs, concurrency)?)
-    };
+    let Resumed {
+        rt,
+        model,
+        concurrency,
+        factory: sandbox,
+    } = Resumed::open(
+        &args.model,
+        &args.sandbox,
+        &args.run,
+        &manifest,
+        !stage.no_exec,
+    )?;
     let factory = audit::factory(stage.no_exec, sandbox).context("no sandbox factory")?;
     eprintln!(
         "{AUDIT}: resuming {}: {} of {} attempts finished",
@@ -276,15 +274,13 @@ fn resume(source: &SuiteSourceArgs, args: ShortcutArgs, dir: &Path) -> anyhow::R
         opened.records.len(),
         manifest.planned_trajectories()
     );
-    let setup = EvalSetup {
-        model: Arc::new(model),
-        judge: None,
+    let setup = Resumed::setup(
+        model,
         factory,
-        scaffold: manifest.scaffold,
-        settings: manifest.settings.clone(),
+        &manifest,
         concurrency,
-        retry_errors: args.run.retry_errors,
-    };
+        args.run.retry_errors,
+    );
     let report = roll_out(&rt, opened.dir, &manifest, items, opened.records, setup)?;
     finish(&source, dir, &manifest, &stage, &report)
 }

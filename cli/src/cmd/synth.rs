@@ -487,6 +487,65 @@ pub(crate) fn run_end(report: &RunReport, dir: &Path, command: &str) -> Option<E
     }
 }
 
+/// What a resumed stage runs on: the runtime, the run's model (checked with one request),
+/// the concurrency, and the sandboxes of `--rootfs` or the run's own rootfs (none when
+/// `with_sandbox` is false).
+pub(crate) struct Resumed {
+    pub rt: tokio::runtime::Runtime,
+    pub model: OpenAiModel,
+    pub concurrency: usize,
+    pub factory: Option<Arc<dyn SandboxFactory>>,
+}
+
+impl Resumed {
+    pub(crate) fn open(
+        model: &ModelArgs,
+        sandbox: &SandboxOpts,
+        run: &RunOpts,
+        manifest: &RunManifest,
+        with_sandbox: bool,
+    ) -> anyhow::Result<Resumed> {
+        let concurrency = run.concurrency.unwrap_or(manifest.concurrency);
+        let model = resumed_model(model, manifest, concurrency)?;
+        let rt = runtime()?;
+        rt.block_on(model.preflight())?;
+        let factory = if with_sandbox {
+            let rootfs = sandbox
+                .rootfs
+                .clone()
+                .unwrap_or(manifest.backend.rootfs.clone());
+            Some(factory_for(&rt, sandbox, &rootfs, concurrency)?)
+        } else {
+            None
+        };
+        Ok(Resumed {
+            rt,
+            model,
+            concurrency,
+            factory,
+        })
+    }
+
+    /// The rollouts' setup, with the run's own scaffold and episode settings.
+    pub(crate) fn setup(
+        model: OpenAiModel,
+        factory: Arc<dyn SandboxFactory>,
+        manifest: &RunManifest,
+        concurrency: usize,
+        retry_errors: bool,
+    ) -> EvalSetup {
+        EvalSetup {
+            model: Arc::new(model),
+            judge: None,
+            factory,
+            scaffold: manifest.scaffold,
+            settings: manifest.settings.clone(),
+            concurrency,
+            retry_errors,
+        }
+    }
+}
+
 /// The model of a resumed run (server may change; the rest is the run's).
 pub(crate) fn resumed_model(
     args: &ModelArgs,
@@ -735,16 +794,12 @@ fn queries_resume(
         })?;
         seeds.push(task.clone());
     }
-    let concurrency = args.run.concurrency.unwrap_or(manifest.concurrency);
-    let model = resumed_model(&args.model, &manifest, concurrency)?;
-    let rt = runtime()?;
-    rt.block_on(model.preflight())?;
-    let rootfs = args
-        .sandbox
-        .rootfs
-        .clone()
-        .unwrap_or(manifest.backend.rootfs.clone());
-    let factory = factory_for(&rt, &args.sandbox, &rootfs, concurrency)?;
+    let Resumed {
+        rt,
+        model,
+        concurrency,
+        factory,
+    } = Resumed::open(&args.model, &args.sandbox, &args.run, &manifest, true)?;
     if opened.dropped_partial_line {
         eprintln!(
             "{QUERIES}: dropped a half-written last line of results.jsonl (that episode is redone)"
@@ -757,15 +812,14 @@ fn queries_resume(
         opened.records.len(),
         seeds.len()
     );
-    let setup = EvalSetup {
-        model: Arc::new(model),
-        judge: None,
+    let factory = factory.context("no sandbox factory")?;
+    let setup = Resumed::setup(
+        model,
         factory,
-        scaffold: manifest.scaffold,
-        settings: manifest.settings.clone(),
+        &manifest,
         concurrency,
-        retry_errors: args.run.retry_errors,
-    };
+        args.run.retry_errors,
+    );
     let report = roll_out(&rt, opened.dir, &manifest, items, opened.records, setup)?;
     queries_finish(&source, dir, &stage, &seeds, &manifest, &report)
 }
@@ -936,16 +990,12 @@ fn trajectories_resume(
             index: p.index,
         });
     }
-    let concurrency = args.run.concurrency.unwrap_or(manifest.concurrency);
-    let model = resumed_model(&args.model, &manifest, concurrency)?;
-    let rt = runtime()?;
-    rt.block_on(model.preflight())?;
-    let rootfs = args
-        .sandbox
-        .rootfs
-        .clone()
-        .unwrap_or(manifest.backend.rootfs.clone());
-    let factory = factory_for(&rt, &args.sandbox, &rootfs, concurrency)?;
+    let Resumed {
+        rt,
+        model,
+        concurrency,
+        factory,
+    } = Resumed::open(&args.model, &args.sandbox, &args.run, &manifest, true)?;
     if opened.dropped_partial_line {
         eprintln!(
             "{TRAJECTORIES}: dropped a half-written last line of results.jsonl (that trajectory is redone)"
@@ -957,15 +1007,14 @@ fn trajectories_resume(
         opened.records.len(),
         manifest.planned_trajectories()
     );
-    let setup = EvalSetup {
-        model: Arc::new(model),
-        judge: None,
+    let factory = factory.context("no sandbox factory")?;
+    let setup = Resumed::setup(
+        model,
         factory,
-        scaffold: manifest.scaffold,
-        settings: manifest.settings.clone(),
+        &manifest,
         concurrency,
-        retry_errors: args.run.retry_errors,
-    };
+        args.run.retry_errors,
+    );
     let report = roll_out(&rt, opened.dir, &manifest, items, opened.records, setup)?;
     trajectories_finish(source, dir, &report)
 }
