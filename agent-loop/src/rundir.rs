@@ -118,6 +118,20 @@ pub struct ModelInfo {
     pub max_tokens: Option<u32>,
 }
 
+impl ModelInfo {
+    /// A built-in scripted model (no server, no sampling settings).
+    pub fn scripted(name: impl Into<String>) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            kind: "scripted".into(),
+            base_url: None,
+            temperature: None,
+            top_p: None,
+            max_tokens: None,
+        }
+    }
+}
+
 /// Which tasks of the suites were selected.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selection {
@@ -659,14 +673,7 @@ mod tests {
             format: FORMAT,
             dsbox_version: "test".into(),
             created: now_rfc3339(),
-            model: ModelInfo {
-                name: "m".into(),
-                kind: "scripted".into(),
-                base_url: None,
-                temperature: None,
-                top_p: None,
-                max_tokens: None,
-            },
+            model: ModelInfo::scripted("m"),
             scaffold: ScaffoldKind::React,
             settings: EpisodeSettings::default(),
             k: 2,
