@@ -16,8 +16,8 @@ use dsbox_agent::{EpisodeSettings, EvalSetup, Model, RunDir, RunObserver, Scaffo
 use dsbox_tasks::{DataRoot, SuiteRegistry};
 
 use super::eval::{
-    BackendOpts, SandboxArgs, check_out_dir, default_out, drive, finish, prompts, runtime,
-    sandbox_factory, select,
+    BackendOpts, RootfsOpts, SandboxArgs, check_out_dir, default_out, drive, finish, prompts,
+    runtime, sandbox_factory, select,
 };
 
 #[derive(Debug, clap::Args)]
@@ -32,15 +32,8 @@ pub struct DemoArgs {
     /// Only the built-in starter suite.
     #[arg(long)]
     pub starter_only: bool,
-    /// Root filesystem of the sandboxes (built on first use).
-    #[arg(long, default_value = "analysis")]
-    pub rootfs: String,
-    /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
-    /// Fail instead of building a missing rootfs.
-    #[arg(long)]
-    pub no_build: bool,
+    #[command(flatten)]
+    pub rootfs: RootfsOpts,
     /// Episodes at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -107,15 +100,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         selected.items.len(),
         suites.join(", "),
         backend.backend.as_str(),
-        args.rootfs
+        args.rootfs.name
     );
     let rt = runtime()?;
     let factory = sandbox_factory(
         &rt,
         &SandboxArgs {
-            rootfs: &args.rootfs,
-            store: args.store.as_deref(),
-            no_build: args.no_build,
+            rootfs: &args.rootfs.name,
+            store: args.rootfs.store.as_deref(),
+            no_build: args.rootfs.no_build,
             backend,
         },
     )?;

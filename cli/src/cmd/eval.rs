@@ -104,15 +104,8 @@ pub struct EvalArgs {
     /// Observations longer than this many characters keep their head and tail.
     #[arg(long, default_value_t = dsbox_agent::protocol::DEFAULT_OBSERVATION_CAP)]
     pub observation_cap: usize,
-    /// Root filesystem of the sandboxes (a name in the store, or a profile built on first use).
-    #[arg(long, default_value = "analysis")]
-    pub rootfs: String,
-    /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
-    /// Fail instead of building a missing rootfs.
-    #[arg(long)]
-    pub no_build: bool,
+    #[command(flatten)]
+    pub rootfs: RootfsOpts,
     /// Memory limit per sandbox.
     #[arg(long, default_value = "2G")]
     pub memory: String,
@@ -345,6 +338,27 @@ pub(crate) fn default_out(name: &str) -> PathBuf {
         })
         .collect();
     PathBuf::from("dsbox-runs").join(format!("{stamp}-{slug}"))
+}
+
+/// The rootfs flags of the commands that start a run's sandboxes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RootfsOpts {
+    /// Root filesystem of the sandboxes (a name in the store, or a profile built on first use).
+    #[arg(long = "rootfs", value_name = "NAME", default_value = "analysis")]
+    pub name: String,
+    /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Fail instead of building a missing rootfs.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+impl RootfsOpts {
+    /// The rootfs, built first when it is a profile not in the store (unless --no-build).
+    pub(crate) fn ensure(&self) -> anyhow::Result<dsbox_rootfs::Rootfs> {
+        super::rootfs::ensure_rootfs(&self.name, self.store.as_deref(), self.no_build)
+    }
 }
 
 /// The sandbox backend flags shared by the commands that run episodes.
@@ -617,9 +631,9 @@ fn start(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let factory = sandbox_factory(
         &rt,
         &SandboxArgs {
-            rootfs: &args.rootfs,
-            store: args.store.as_deref(),
-            no_build: args.no_build,
+            rootfs: &args.rootfs.name,
+            store: args.rootfs.store.as_deref(),
+            no_build: args.rootfs.no_build,
             backend: args.backend.config(memory, args.cpus, concurrency),
         },
     )?;
@@ -753,8 +767,8 @@ fn resume(args: EvalArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         &rt,
         &SandboxArgs {
             rootfs: &manifest.backend.rootfs,
-            store: args.store.as_deref(),
-            no_build: args.no_build,
+            store: args.rootfs.store.as_deref(),
+            no_build: args.rootfs.no_build,
             backend: args.backend.config(memory, args.cpus, concurrency),
         },
     )?;
@@ -802,15 +816,8 @@ pub struct BenchEvalArgs {
     /// ../shared/data/dsgym).
     #[arg(long, value_name = "DIR")]
     pub data_root: Option<PathBuf>,
-    /// Root filesystem of the sandboxes (built on first use when it is a profile).
-    #[arg(long, default_value = "analysis")]
-    pub rootfs: String,
-    /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
-    /// Fail instead of building a missing rootfs.
-    #[arg(long)]
-    pub no_build: bool,
+    #[command(flatten)]
+    pub rootfs: RootfsOpts,
     #[command(flatten)]
     pub backend: BackendOpts,
     /// Keep the dsbox side's run directory here (for `dsbox report`); must not exist.
@@ -860,7 +867,7 @@ pub fn bench(args: BenchEvalArgs) -> anyhow::Result<ExitCode> {
             index: i,
         });
     }
-    let rootfs = super::rootfs::ensure_rootfs(&args.rootfs, args.store.as_deref(), args.no_build)?;
+    let rootfs = args.rootfs.ensure()?;
     let cfg = dsbox_bench::eval::EvalBenchConfig {
         items,
         source,

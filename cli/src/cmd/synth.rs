@@ -37,7 +37,7 @@ use dsbox_tasks::{SuiteRegistry, Task};
 use tokio::sync::watch;
 
 use super::eval::{
-    BackendOpts, SandboxArgs, default_out, drive, prompts, runtime, sandbox_factory,
+    BackendOpts, RootfsOpts, SandboxArgs, default_out, drive, prompts, runtime, sandbox_factory,
 };
 use super::tasks::SuiteSourceArgs;
 
@@ -1251,15 +1251,8 @@ pub struct BenchSynthArgs {
     /// ../shared/data/dsgym).
     #[arg(long, value_name = "DIR")]
     pub data_root: Option<PathBuf>,
-    /// Root filesystem of the sandboxes (built on first use when it is a profile).
-    #[arg(long, default_value = "analysis")]
-    pub rootfs: String,
-    /// Rootfs store (default: $DSBOX_STORE, else ~/.local/share/dsbox/rootfs).
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
-    /// Fail instead of building a missing rootfs.
-    #[arg(long)]
-    pub no_build: bool,
+    #[command(flatten)]
+    pub rootfs: RootfsOpts,
     #[command(flatten)]
     pub backend: BackendOpts,
     /// Keep the runs here (queries/, trajectories/, train.jsonl); must not exist.
@@ -1305,7 +1298,7 @@ pub fn bench(args: BenchSynthArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.keep {
         check_out(dir, "dsbox bench synth")?;
     }
-    let rootfs = super::rootfs::ensure_rootfs(&args.rootfs, args.store.as_deref(), args.no_build)?;
+    let rootfs = args.rootfs.ensure()?;
     let cfg = dsbox_bench::synth::SynthBenchConfig {
         seeds,
         source,
