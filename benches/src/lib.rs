@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod kernel;
+pub mod rootfs;
 pub mod serve;
 pub mod start;
 pub mod synth;

@@ -77,6 +77,9 @@ pub struct BuildOptions {
     /// Debian suite and mirror for the debootstrap base (default: the host's).
     pub debian_suite: Option<String>,
     pub debian_mirror: Option<String>,
+    /// The installer's package cache (uv's or pip's); None: the installer's default, the
+    /// user's cache. `dsbox bench rootfs` passes an empty directory to time a cold cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl BuildOptions {
@@ -93,6 +96,7 @@ impl BuildOptions {
             profiles_dir: ProfileSet::default_user_dir(),
             debian_suite: None,
             debian_mirror: None,
+            cache_dir: None,
         }
     }
 
@@ -190,7 +194,7 @@ fn build_inner(store: &Store, opts: &BuildOptions, progress: &Progress) -> Resul
         // Reject a wrong path before anything is created.
         crate::oci::check_source(path)?;
     }
-    let installer = Installer::detect(opts.installer)?;
+    let installer = Installer::detect(opts.installer)?.with_cache_dir(opts.cache_dir.clone());
     let steps = if opts.base == Base::Host { 6 } else { 7 };
     progress.start(
         steps,

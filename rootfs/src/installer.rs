@@ -18,8 +18,16 @@ use crate::profile::{normalize_name, requirement_name};
 /// Which installer builds the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Installer {
-    Uv { bin: PathBuf, version: String },
-    Pip,
+    Uv {
+        bin: PathBuf,
+        version: String,
+        /// uv's cache (`UV_CACHE_DIR`); None: uv's default (the user's cache).
+        cache_dir: Option<PathBuf>,
+    },
+    Pip {
+        /// pip's cache (`PIP_CACHE_DIR`); None: pip's default (the user's cache).
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 /// What the packages are installed for.
@@ -62,6 +70,7 @@ impl Installer {
                     return Ok(Installer::Uv {
                         bin,
                         version: ran.stdout.trim().to_string(),
+                        cache_dir: None,
                     });
                 }
             }
@@ -72,29 +81,43 @@ impl Installer {
                 });
             }
         }
-        Ok(Installer::Pip)
+        Ok(Installer::Pip { cache_dir: None })
+    }
+
+    /// The same installer with its package cache in `dir` (None: the installer's default).
+    /// `dsbox bench rootfs` builds with an empty one to time a cold cache without touching
+    /// the user's.
+    pub fn with_cache_dir(self, dir: Option<PathBuf>) -> Self {
+        match self {
+            Installer::Uv { bin, version, .. } => Installer::Uv {
+                bin,
+                version,
+                cache_dir: dir,
+            },
+            Installer::Pip { .. } => Installer::Pip { cache_dir: dir },
+        }
     }
 
     /// `uv 0.x.y` or `pip`.
     pub fn describe(&self) -> String {
         match self {
             Installer::Uv { version, .. } => version.clone(),
-            Installer::Pip => "pip".into(),
+            Installer::Pip { .. } => "pip".into(),
         }
     }
 
     fn tool(&self) -> &'static str {
         match self {
             Installer::Uv { .. } => "uv",
-            Installer::Pip => "pip",
+            Installer::Pip { .. } => "pip",
         }
     }
 
     /// Creates a relocatable venv for `python` at `env_dir`.
     pub fn create_venv(&self, python: &Path, env_dir: &Path) -> Result<()> {
         let ran = match self {
-            Installer::Uv { bin, .. } => process::run(
-                uv_command(bin)
+            Installer::Uv { bin, cache_dir, .. } => process::run(
+                uv_command(bin, cache_dir.as_deref())
                     .args([
                         "venv",
                         "--quiet",
@@ -106,7 +129,7 @@ impl Installer {
                     .arg(env_dir),
                 "uv",
             )?,
-            Installer::Pip => process::run(
+            Installer::Pip { .. } => process::run(
                 process::command(python).args(["-m", "venv"]).arg(env_dir),
                 "python3 -m venv",
             )?,
@@ -122,9 +145,9 @@ impl Installer {
         let req_in = work.join("requirements.in");
         std::fs::write(&req_in, requirements.join("\n") + "\n").at(&req_in)?;
         match self {
-            Installer::Uv { bin, .. } => {
+            Installer::Uv { bin, cache_dir, .. } => {
                 let out = work.join("lock.compiled.txt");
-                let mut cmd = uv_command(bin);
+                let mut cmd = uv_command(bin, cache_dir.as_deref());
                 cmd.args([
                     "pip",
                     "compile",
@@ -140,7 +163,7 @@ impl Installer {
                 }
                 std::fs::read_to_string(&out).at(&out)
             }
-            Installer::Pip => {
+            Installer::Pip { .. } => {
                 let report = work.join("pip-report.json");
                 let mut cmd = self.pip(target)?;
                 cmd.args(["install", "--dry-run", "--ignore-installed", "--quiet"]);
@@ -164,8 +187,8 @@ impl Installer {
             return Ok(());
         }
         let ran = match self {
-            Installer::Uv { bin, .. } => {
-                let mut cmd = uv_command(bin);
+            Installer::Uv { bin, cache_dir, .. } => {
+                let mut cmd = uv_command(bin, cache_dir.as_deref());
                 // Copies, not hardlinks into uv's cache: the rootfs must not change when
                 // the cache does.
                 cmd.args(["pip", "install", "--quiet", "--require-hashes", "--no-deps"]);
@@ -182,7 +205,7 @@ impl Installer {
                 cmd.arg("-r").arg(lock);
                 process::run(&mut cmd, "uv")?
             }
-            Installer::Pip => {
+            Installer::Pip { .. } => {
                 let mut cmd = self.pip(target)?;
                 cmd.args([
                     "install",
@@ -226,15 +249,25 @@ impl Installer {
         let mut cmd = process::command(python);
         cmd.args(["-m", "pip"]);
         cmd.env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+        if let Installer::Pip {
+            cache_dir: Some(dir),
+        } = self
+        {
+            cmd.env("PIP_CACHE_DIR", dir);
+        }
         Ok(cmd)
     }
 }
 
-/// `uv` with pip's index settings mapped to uv's (see [`uv_env_from_pip`]).
-fn uv_command(bin: &Path) -> Command {
+/// `uv` with pip's index settings mapped to uv's (see [`uv_env_from_pip`]), and its
+/// cache in `cache_dir` when one is given.
+fn uv_command(bin: &Path, cache_dir: Option<&Path>) -> Command {
     let mut cmd = process::command(bin);
     for (key, value) in uv_env_from_pip() {
         cmd.env(key, value);
+    }
+    if let Some(dir) = cache_dir {
+        cmd.env("UV_CACHE_DIR", dir);
     }
     cmd
 }

@@ -5,6 +5,7 @@
 //! Big environments (`analysis`) are built once per run into a store under target/ and
 //! shared; tests that change a store use their own scratch store.
 
+mod bench;
 mod build;
 mod common;
 mod errors;

@@ -1,7 +1,7 @@
 //! `dsbox bench`: measure dsbox against baselines in the same run (JSON with --json).
 //!
 //! Each benchmark is a variant of [`BenchCommand`]; later issues add theirs (kernel,
-//! serve, eval, synth) beside `start`.
+//! serve, eval, synth, rootfs) beside `start`.
 
 use std::process::ExitCode;
 
@@ -26,6 +26,25 @@ pub enum BenchCommand {
     /// P4 beside P3 (`1+1` over HTTP vs the kernel client), and the HTTP service under
     /// load: N concurrent clients x M executes, errors, p50/p99, the server's peak RSS.
     Serve(ServeArgs),
+    /// Issue 3's rootfs figures: build time with a cold and a warm package cache (into a
+    /// temporary store), size, and `import pandas` inside a sandbox vs outside.
+    Rootfs(RootfsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RootfsArgs {
+    /// The profile to build (into a temporary store, removed afterwards).
+    #[arg(long, default_value = "analysis")]
+    profile: String,
+    /// `import MODULE` runs on each side (inside and outside the sandbox).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// The module imported (must be in the profile; e.g. `json` for `minimal`).
+    #[arg(long = "import", value_name = "MODULE", default_value = "pandas")]
+    module: String,
+    /// Print the full result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,7 +141,38 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Kernel(a) => kernel(a),
         BenchCommand::Serve(a) => serve(a),
         BenchCommand::Synth(a) => super::synth::bench(a),
+        BenchCommand::Rootfs(a) => rootfs(a),
     }
+}
+
+fn rootfs(args: RootfsArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.runs >= 1,
+        "--runs must be at least 1 (got {})",
+        args.runs
+    );
+    // A module name only: it is pasted into `python -c "import MODULE"`.
+    anyhow::ensure!(
+        !args.module.is_empty()
+            && args
+                .module
+                .split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')),
+        "--import {:?}: expected a Python module name such as pandas or json",
+        args.module
+    );
+    let result = dsbox_bench::rootfs::run(&dsbox_bench::rootfs::RootfsBenchConfig {
+        profile: args.profile,
+        runs: args.runs,
+        module: args.module,
+        profiles_dir: dsbox_rootfs::ProfileSet::default_user_dir(),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", result.summary());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
