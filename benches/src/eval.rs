@@ -192,7 +192,7 @@ pub fn run(cfg: &EvalBenchConfig) -> Result<EvalBenchResult, EvalBenchError> {
         let _runtime = rt.enter();
         make_factory(&cfg.rootfs, &cfg.backend)?
     };
-    rt.block_on(factory.warm(cfg.concurrency.max(1), Duration::from_secs(120)));
+    rt.block_on(factory.warm(cfg.concurrency.max(1), Duration::from_secs(120)))?;
     let warmup = backend_started.elapsed();
     let cold = ColdConfig::from_rootfs(&cfg.rootfs);
 

@@ -358,10 +358,32 @@ impl Supervisor {
                 })
             }
             Err(reason) => {
+                // An interpreter that cannot be executed ends the sandbox at once, with
+                // the errno in its report: that, not the closed socket, is the news.
+                let mut sandbox = sandbox;
+                let mut exec_errno = None;
+                for _ in 0..20 {
+                    match sandbox.try_wait() {
+                        Ok(Some(report)) => {
+                            exec_errno = report.exec_errno;
+                            break;
+                        }
+                        Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        Err(_) => break,
+                    }
+                }
                 let _ = tokio::task::spawn_blocking(move || sandbox.destroy()).await;
                 // Let the stderr reader catch up with the zygote's last words.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let tail = stderr_tail(&stderr);
+                let reason = match (exec_errno, self.spec.process.as_ref()) {
+                    (Some(errno), Some(p)) => format!(
+                        "its interpreter {} cannot be executed inside the sandbox ({}): is the rootfs complete? (`dsbox rootfs verify NAME`, or rebuild it); {reason}",
+                        p.args.first().map_or("?", String::as_str),
+                        nix::errno::Errno::from_raw(errno).desc()
+                    ),
+                    _ => reason,
+                };
                 Err(if tail.is_empty() {
                     reason
                 } else {

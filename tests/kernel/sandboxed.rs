@@ -1150,3 +1150,37 @@ fn a_stuck_zygote_fails_an_acquire_with_a_clear_error_instead_of_hanging() {
         sb.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_pooled_backend_whose_zygote_cannot_start_says_why_when_warmed() {
+    require_root!();
+    use dsbox_agent::sandbox::{PooledFactory, SandboxFactory};
+    block_on(async {
+        let mut c = config();
+        c.pool_size = 0;
+        // A template of its own (the key does not include the interpreter's path).
+        c.limits.pids = Some(249);
+        c.rootfs.python = "/opt/dsbox/env/bin/no-such-python".into();
+        c.zygote_start_timeout = Duration::from_secs(20);
+        let m = KernelManager::new(ManagerConfig::default());
+        let factory = PooledFactory::new(m.template(c).unwrap());
+        let started = std::time::Instant::now();
+        let err = factory
+            .warm(0, Duration::ZERO)
+            .await
+            .expect_err("a zygote that cannot start is an error");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot start a sandbox") && text.contains("no-such-python"),
+            "{text}"
+        );
+        // A working template is warm once its zygote is up.
+        let ok = PooledFactory::new(shared());
+        assert!(ok.warm(0, Duration::ZERO).await.unwrap());
+    });
+}

@@ -200,11 +200,13 @@ pub trait SandboxFactory: Send + Sync {
 
     fn info(&self) -> BackendInfo;
 
-    /// Wait (at most `timeout`) until `sandboxes` sandboxes can be handed out without a
-    /// start cost; whether they can. Backends without a warm pool are always ready.
-    fn warm(&self, sandboxes: usize, timeout: Duration) -> BoxFuture<'_, bool> {
+    /// Wait until the backend can make sandboxes — an error names why it cannot (e.g. the
+    /// pooled backend's zygote did not start) — then at most `timeout` until `sandboxes`
+    /// of them can be handed out without a start cost; whether they can. Backends
+    /// without a warm pool are ready at once.
+    fn warm(&self, sandboxes: usize, timeout: Duration) -> BoxFuture<'_, Result<bool>> {
         let _ = (sandboxes, timeout);
-        Box::pin(async { true })
+        Box::pin(async { Ok(true) })
     }
 }
 

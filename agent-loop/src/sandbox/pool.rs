@@ -85,10 +85,20 @@ impl SandboxFactory for PooledFactory {
         })
     }
 
-    /// Waits for the zygote and `sandboxes` ready kernels (at most the pool's size).
-    fn warm(&self, sandboxes: usize, timeout: Duration) -> BoxFuture<'_, bool> {
+    /// Waits for the zygote (its start failing is an error) and `sandboxes` ready
+    /// kernels (at most the pool's size).
+    fn warm(&self, sandboxes: usize, timeout: Duration) -> BoxFuture<'_, Result<bool>> {
         let n = sandboxes.min(self.template.config().pool_size);
-        Box::pin(async move { self.template.wait_pool(n, timeout).await })
+        Box::pin(async move {
+            self.template
+                .wait_ready()
+                .await
+                .map_err(|e| SandboxError::Start {
+                    label: format!("the kernel template {}", self.template.name()),
+                    detail: e.to_string(),
+                })?;
+            Ok(self.template.wait_pool(n, timeout).await)
+        })
     }
 
     fn info(&self) -> BackendInfo {

@@ -411,14 +411,20 @@ pub(crate) struct SandboxArgs<'a> {
 }
 
 /// The sandbox factory of the run's backend over the rootfs (built on first use unless
-/// `no_build`). The pooled backend's zygote starts now, on `rt`.
+/// `no_build`). The pooled backend's zygote starts now, on `rt`, and must come up.
 pub(crate) fn sandbox_factory(
     rt: &tokio::runtime::Runtime,
     args: &SandboxArgs,
 ) -> anyhow::Result<Arc<dyn SandboxFactory>> {
     let rootfs = super::rootfs::ensure_rootfs(args.rootfs, args.store, args.no_build)?;
-    let _runtime = rt.enter();
-    Ok(dsbox_agent::sandbox::make_factory(&rootfs, &args.backend)?)
+    let factory = {
+        let _runtime = rt.enter();
+        dsbox_agent::sandbox::make_factory(&rootfs, &args.backend)?
+    };
+    // A backend that cannot start (the zygote's interpreter fails) is an error now, before
+    // any run directory exists, not once per episode.
+    rt.block_on(factory.warm(0, std::time::Duration::ZERO))?;
+    Ok(factory)
 }
 
 /// Run the rollouts on a tokio runtime with Ctrl-C/SIGTERM stopping the run gracefully
