@@ -248,6 +248,10 @@ fn build_once(
     let mut opts = BuildOptions::new(&cfg.profile);
     opts.profiles_dir = cfg.profiles_dir.clone();
     opts.cache_dir = Some(cache.to_path_buf());
+    // The previous build wrote (and deleted) over a GB: flush it first so its writeback
+    // is not charged to this build.
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     let t = Instant::now();
     let built = dsbox_rootfs::build(store, &opts, &Progress::hidden())?;
     let seconds = t.elapsed().as_secs_f64();
