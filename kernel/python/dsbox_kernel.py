@@ -31,6 +31,7 @@ import builtins as _builtins_module
 # cell that does `del builtins.len` or `builtins.print = None` cannot break the kernel.
 __builtins__ = dict(_builtins_module.__dict__)
 
+import _signal  # signal's C functions: `signal`'s wrappers convert results to enums
 import _thread
 import ast
 import base64
@@ -369,7 +370,7 @@ class Kernel:
         os.environ.setdefault("MPLBACKEND", "module://" + MPL_BACKEND_MODULE)
         sys.meta_path.append(_MplFinder(self))
 
-        signal.signal(signal.SIGINT, self._on_sigint)
+        _signal.signal(_signal.SIGINT, self._on_sigint)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
         self._mark("setup")
@@ -606,7 +607,7 @@ class Kernel:
     def _reader(self):
         """Drain fds 1/2 as data arrives and flush pending text at least every 50 ms."""
         try:
-            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
         except Exception:
             pass
         poller = select.poll()

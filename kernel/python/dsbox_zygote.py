@@ -11,7 +11,8 @@ Runtime -> zygote:
     asks for the fork while the shell is still being set up and says go once it is ready)
   {"type":"ping","id":N}          {"type":"shutdown"}
 Zygote -> runtime:
-  {"type":"ready","pid":P,"python":"3.11.2","preloaded":[...],"failed":[[name,error]]}
+  {"type":"ready","pid":P,"python":"3.11.2","preloaded":[...],"failed":[[name,error]],
+   "threads":T}   (T: the zygote's threads after preloading, any library's; 1 is right)
   {"type":"spawned","id":N,"pid":P,"pidfd":true,"fork_ns":T} + the child's pidfd
   {"type":"spawn_failed","id":N,"step":S,"errno":E,"detail":D}
   {"type":"exited","id":N,"pid":P,"code":C|null,"signal":S|null}
@@ -22,6 +23,7 @@ its channel. A step that fails is reported on the channel as
 {"type":"join_error","step":S,"errno":E,"detail":D}, never as a traceback.
 """
 
+import _signal  # signal's C functions: `signal`'s wrappers convert results to enums
 import ctypes
 import errno
 import gc
@@ -37,6 +39,7 @@ import time
 # Threads a BLAS or OpenMP runtime would start make fork() unsafe; pin them to one.
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+JEMALLOC_CONF_VAR = "JE_ARROW_MALLOC_CONF"
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 32
 
@@ -108,6 +111,20 @@ class Sys:
 def pin_threads():
     for var in THREAD_VARS:
         os.environ[var] = "1"
+    # pyarrow (which pandas imports when installed) bundles jemalloc, which starts a
+    # background purging thread: the zygote would fork as a threaded process. The option
+    # is read when jemalloc initialises, i.e. during the preload below.
+    conf = os.environ.get(JEMALLOC_CONF_VAR, "")
+    if "background_thread" not in conf:
+        os.environ[JEMALLOC_CONF_VAR] = (conf + "," if conf else "") + "background_thread:false"
+
+
+def thread_count():
+    """Threads of this process (any library's, not only Python's); None if unknown."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
 def preload(modules, kernel):
@@ -133,12 +150,68 @@ def preload(modules, kernel):
             reseed_numpy(sys.modules["numpy.random"])
     except Exception:
         pass
+    # A kernel replaces sys.stdin/stdout/stderr (and their __x__ twins). Were these the
+    # last references, each child would free the interpreter's three text files there
+    # (buffers, raw files, codecs): ~25 copy-on-write faults for nothing.
+    _ZYGOTE_STDIO.extend((sys.stdin, sys.stdout, sys.stderr,
+                          sys.__stdin__, sys.__stdout__, sys.__stderr__))
     gc.collect()
     gc.freeze()  # preloaded objects stay out of GC passes: no copy-on-write from the GC
     return failed
 
 
+_ZYGOTE_STDIO = []
+
+
 # ------------------------------------------------------------------------- join
+
+class NumpyReseeder:
+    """`reseed_numpy` without Python objects: a child fills the key of the MT19937 state
+    struct (found through numpy's documented `BitGenerator.ctypes.state_address`) with
+    getrandom(2) in place and sets its position to 624, so the next draw regenerates.
+    Building bytes, an array and a state dict instead costs each child ~50 copy-on-write
+    faults. The layout (uint32 key[624]; int pos) is checked here, in the zygote, through
+    numpy's own state setter; where it does not hold, `reseed_numpy` is used."""
+
+    KEY_WORDS = 624
+
+    def __init__(self, nprandom, libc):
+        import numpy
+        bit_generator = nprandom.mtrand._rand._bit_generator
+        address = bit_generator.ctypes.state_address
+        size = self.KEY_WORDS * 4
+        saved = bit_generator.state
+        probe = numpy.arange(12345, 12345 + self.KEY_WORDS, dtype=numpy.uint32)
+        bit_generator.state = {"bit_generator": "MT19937", "state": {"key": probe, "pos": 17}}
+        pos = ctypes.c_int.from_address(address + size)
+        laid_out_as_read = ctypes.string_at(address, size) == probe.tobytes() and pos.value == 17
+        bit_generator.state = saved
+        if not laid_out_as_read:
+            raise ValueError("numpy's MT19937 state is not laid out as expected")
+        self.getrandom = libc.getrandom
+        self.getrandom.restype = ctypes.c_ssize_t
+        self.getrandom.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint)
+        self.address = address
+        self.size = size
+        self.pos = pos
+
+    def __call__(self, nprandom):
+        if self.getrandom(self.address, self.size, 0) != self.size:
+            reseed_numpy(nprandom)  # interrupted, or no getrandom(2): the plain way
+            return
+        self.pos.value = self.KEY_WORDS
+
+
+def numpy_reseeder(libc):
+    """A NumpyReseeder for the preloaded numpy, or `reseed_numpy` where one cannot be made."""
+    nprandom = sys.modules.get("numpy.random")
+    if nprandom is None:
+        return reseed_numpy
+    try:
+        return NumpyReseeder(nprandom, libc)
+    except (AttributeError, TypeError, ValueError, ImportError):
+        return reseed_numpy
+
 
 def reseed_numpy(nprandom):
     """Give numpy's global generator (legacy `RandomState`, MT19937) a fresh state: 624
@@ -187,16 +260,105 @@ def _check_plan(plan):
         raise JoinError("plan", errno.EINVAL, "seccomp_bpf is not a string")
 
 
-def join(plan, channel, pidfd=None, cgroup_fds=(), sys_=None, steps=None):
-    """Apply a JoinPlan in this (freshly forked, single-threaded) process.
+def _last_capability():
+    """The highest capability number this kernel knows (None: probe with EINVAL)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+class PreparedPlan:
+    """A JoinPlan checked and turned into the values and buffers its join needs.
+
+    Built once per distinct plan in the zygote (see `Zygote.prepared`), before the fork:
+    every child of that plan then only reads these objects. Work a child does writes to
+    pages it shares with the zygote, each first write a copy-on-write fault; building
+    them here once costs each child nothing. A plan that fails a check keeps its error,
+    which the child raises at the step that would have failed (as `join` did before).
+    """
+
+    __slots__ = ("error", "namespaces", "cwd", "env", "rlimits", "landlock", "caps",
+                 "uid", "gid", "no_new_privs", "seccomp")
+
+    def __init__(self, plan):
+        self.error = None
+        self.landlock = self.seccomp = self.caps = None
+        try:
+            _check_plan(plan)
+        except JoinError as e:
+            self.error = e
+            return
+        self.namespaces = plan["namespaces"]
+        self.cwd = plan["cwd"]
+        self.uid = plan["uid"]
+        self.gid = plan["gid"]
+        self.no_new_privs = plan["no_new_privs"]
+        self.env = [(key, value) for key, value in plan["env"]]
+        import resource
+        self.rlimits = [(res, tuple(resource.RLIM_INFINITY if v >= (1 << 63) else v
+                                    for v in (soft, hard)))
+                        for res, soft, hard in plan["rlimits"]]
+        if plan["drop_capabilities"]:
+            last = _last_capability()
+            self.caps = (range(last + 1) if last is not None else range(64),
+                         ctypes.create_string_buffer(
+                             struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0)),
+                         ctypes.create_string_buffer(24))
+        if plan.get("landlock") is not None:
+            self.landlock = _prepare_landlock(plan["landlock"])
+        if plan.get("seccomp_bpf"):
+            self.seccomp = _prepare_seccomp(plan["seccomp_bpf"])
+
+
+def _prepare_landlock(ll):
+    """(ruleset attr buffer, its size, [(path, rule buffer)], error for a bad rule or
+    None)."""
+    abi = ll["abi"]
+    size = 8 if abi < 4 else (16 if abi < 6 else 24)
+    attr = struct.pack("=QQQ", ll["handled_access_fs"], ll["handled_access_net"],
+                       ll["scoped"])[:size]
+    rules = []
+    for rule in ll["rules"]:
+        path = rule.get("path") if isinstance(rule, dict) else None
+        access = rule.get("access") if isinstance(rule, dict) else None
+        if not isinstance(path, str) or not isinstance(access, int) or access < 0:
+            error = JoinError("landlock_add_rule", errno.EINVAL, "bad rule %r" % (rule,))
+            return (ctypes.create_string_buffer(attr, size), size, rules, error)
+        # struct landlock_path_beneath_attr is packed: u64 allowed_access, s32 parent_fd;
+        # the child writes its fd into the prepared buffer.
+        rules.append((path, ctypes.create_string_buffer(struct.pack("=Qi", access, -1), 12)))
+    return (ctypes.create_string_buffer(attr, size), size, rules, None)
+
+
+def _prepare_seccomp(bpf_b64):
+    """(filter buffer, sock_fprog) ready for prctl, or the JoinError of a bad program."""
+    import base64
+    try:
+        bpf = base64.b64decode(bpf_b64, validate=True)
+    except ValueError:
+        return JoinError("seccomp", errno.EINVAL, "seccomp_bpf is not base64")
+    count = len(bpf) // 8
+    if len(bpf) % 8 or not 0 < count <= BPF_MAXINSNS:
+        return JoinError("seccomp", errno.EINVAL, "%d bytes is not a BPF program" % len(bpf))
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    return (buf, _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p)))
+
+
+def join(plan, channel, pidfd=None, cgroup_fds=(), sys_=None, steps=None, env_done=False):
+    """Apply a JoinPlan (a dict, or a PreparedPlan of one) in this (freshly forked,
+    single-threaded) process.
 
     Returns the channel's new fd (3). Raises JoinError naming the failed step; its
     `channel` attribute is the channel's fd at that point (it moves to 3 on the way).
     `steps`: a list that receives (step, CLOCK_MONOTONIC ns) as each step ends.
+    `env_done`: the environment is the plan's already (the zygote set it before forking).
     """
     where = {"channel": channel, "steps": steps}
     try:
-        return _join(plan, where, pidfd, cgroup_fds, sys_ or Sys())
+        prepared = plan if isinstance(plan, PreparedPlan) else PreparedPlan(plan)
+        return _join(prepared, where, pidfd, cgroup_fds, sys_ or Sys(), env_done)
     except JoinError as e:
         e.channel = where["channel"]
         raise
@@ -206,12 +368,23 @@ def join(plan, channel, pidfd=None, cgroup_fds=(), sys_=None, steps=None):
         raise err
 
 
-def _join(plan, where, pidfd, cgroup_fds, s):
+def set_environment(pairs):
+    """Make os.environ (and the C environment) exactly `pairs`."""
+    # Key by key: 0.1 ms faster than clear(), whose popitem() iterates anew each time.
+    environ = os.environ
+    for key in list(environ):
+        del environ[key]
+    for key, value in pairs:
+        environ[key] = value
+
+
+def _join(plan, where, pidfd, cgroup_fds, s, env_done=False):
     channel = where["channel"]
     steps = where["steps"]
-    mark = (lambda name: steps.append((name, time.monotonic_ns()))) if steps is not None \
-        else (lambda name: None)
-    _check_plan(plan)
+    mark = steps.append if steps is not None else None
+    now = time.monotonic_ns
+    if plan.error is not None:
+        raise plan.error
 
     # 1. cgroup: before anything else, so every later allocation is charged to it.
     for fd in cgroup_fds:
@@ -220,21 +393,24 @@ def _join(plan, where, pidfd, cgroup_fds, s):
         except OSError as e:
             raise JoinError("cgroup", e.errno)
 
-    mark("cgroup")
+    if mark:
+        mark(("cgroup", now()))
     # 2. The sandbox's namespaces (pid was entered by the zygote before fork).
-    if plan["namespaces"]:
+    if plan.namespaces:
         if pidfd is None:
             raise JoinError("setns", errno.EBADF, "namespaces to join but no pidfd")
-        s.setns("setns", pidfd, plan["namespaces"])
+        s.setns("setns", pidfd, plan.namespaces)
 
-    mark("setns")
+    if mark:
+        mark(("setns", now()))
     # 3. Working directory (setns into a mount namespace moved us to its root).
     try:
-        os.chdir(plan["cwd"])
+        os.chdir(plan.cwd)
     except OSError as e:
-        raise JoinError("chdir", e.errno, plan["cwd"])
+        raise JoinError("chdir", e.errno, plan.cwd)
 
-    mark("chdir")
+    if mark:
+        mark(("chdir", now()))
     # 4. Only the channel survives, as fd 3; fds 0-2 are /dev/null until serve().
     try:
         if channel != 3:
@@ -250,50 +426,50 @@ def _join(plan, where, pidfd, cgroup_fds, s):
     except OSError as e:
         raise JoinError("close_fds", e.errno)
 
-    mark("close_fds")
-    # 5. Environment: exactly the plan's.
-    try:
-        # Key by key: 0.1 ms faster than clear(), whose popitem() iterates anew each time.
-        environ = os.environ
-        for key in list(environ):
-            del environ[key]
-        for key, value in plan["env"]:
-            os.environ[key] = value
-    except OSError as e:
-        raise JoinError("env", e.errno)
+    if mark:
+        mark(("close_fds", now()))
+    # 5. Environment: exactly the plan's (the zygote may have set it before the fork).
+    if not env_done:
+        try:
+            set_environment(plan.env)
+        except OSError as e:
+            raise JoinError("env", e.errno)
 
-    mark("env")
+    if mark:
+        mark(("env", now()))
     # 6. rlimits.
-    if plan["rlimits"]:
+    if plan.rlimits:
         import resource
-        for res, soft, hard in plan["rlimits"]:
-            lim = tuple(resource.RLIM_INFINITY if v >= (1 << 63) else v for v in (soft, hard))
+        for res, lim in plan.rlimits:
             try:
                 resource.setrlimit(res, lim)
             except (OSError, ValueError) as e:
                 raise JoinError("rlimits", getattr(e, "errno", None) or errno.EINVAL,
                                 "resource %d" % res)
 
-    mark("rlimits")
-    # 7. Fresh random state: every child of the zygote would otherwise draw the same numbers.
+    if mark:
+        mark(("rlimits", now()))
+    # 7. Fresh random state: every child of the zygote would otherwise draw the same
+    # numbers. `random` reseeded itself already: its own at-fork handler does that.
     try:
-        if "random" in sys.modules:
-            sys.modules["random"].seed()
         nprandom = sys.modules.get("numpy.random")
         if nprandom is not None:
-            reseed_numpy(nprandom)
+            getattr(s, "reseed_numpy", reseed_numpy)(nprandom)
     except OSError as e:
         raise JoinError("reseed", e.errno)
 
-    mark("reseed")
+    if mark:
+        mark(("reseed", now()))
     # 8. landlock.
-    if plan.get("landlock") is not None:
-        _landlock(s, plan["landlock"])
+    if plan.landlock is not None:
+        _landlock(s, plan.landlock)
 
-    mark("landlock")
+    if mark:
+        mark(("landlock", now()))
     # 9. Capabilities: bounding set and ambient set first (they need CAP_SETPCAP).
-    if plan["drop_capabilities"]:
-        for cap in range(64):
+    if plan.caps is not None:
+        caps, header, data = plan.caps
+        for cap in caps:
             try:
                 s.prctl("capbset", PR_CAPBSET_DROP, cap)
             except JoinError as e:
@@ -306,58 +482,61 @@ def _join(plan, where, pidfd, cgroup_fds, s):
             if e.errno != errno.EINVAL:  # EINVAL: kernel without ambient capabilities
                 raise
 
-    mark("capbset")
+    if mark:
+        mark(("capbset", now()))
     # 10. Identity.
-    for step, fn in (("setgroups", lambda: os.setgroups([])),
-                     ("setresgid", lambda: os.setresgid(plan["gid"], plan["gid"], plan["gid"])),
-                     ("setresuid", lambda: os.setresuid(plan["uid"], plan["uid"], plan["uid"]))):
-        try:
-            fn()
-        except OSError as e:
-            raise JoinError(step, e.errno)
+    try:
+        os.setgroups([])
+    except OSError as e:
+        raise JoinError("setgroups", e.errno)
+    try:
+        os.setresgid(plan.gid, plan.gid, plan.gid)
+    except OSError as e:
+        raise JoinError("setresgid", e.errno)
+    try:
+        os.setresuid(plan.uid, plan.uid, plan.uid)
+    except OSError as e:
+        raise JoinError("setresuid", e.errno)
 
-    mark("ids")
+    if mark:
+        mark(("ids", now()))
     # 11. Nothing left in the effective, permitted or inheritable sets.
-    if plan["drop_capabilities"]:
-        header = ctypes.create_string_buffer(struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0))
-        data = ctypes.create_string_buffer(24)
+    if plan.caps is not None:
         s.syscall("capset", "capset", header, data)
 
-    mark("capset")
+    if mark:
+        mark(("capset", now()))
     # 12. no_new_privs.
-    if plan["no_new_privs"]:
+    if plan.no_new_privs:
         s.prctl("no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
 
-    mark("no_new_privs")
+    if mark:
+        mark(("no_new_privs", now()))
     # 13. seccomp, last: every step above needed syscalls the filter may block.
-    bpf = plan.get("seccomp_bpf")
-    if bpf:
-        _seccomp(s, bpf)
-    mark("seccomp")
+    if plan.seccomp is not None:
+        if isinstance(plan.seccomp, JoinError):
+            raise plan.seccomp
+        s.prctl("seccomp", PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
+                ctypes.addressof(plan.seccomp[1]))
+    if mark:
+        mark(("seccomp", now()))
     return channel
 
 
-def _landlock(s, ll):
-    abi = ll["abi"]
-    size = 8 if abi < 4 else (16 if abi < 6 else 24)
-    attr = struct.pack("=QQQ", ll["handled_access_fs"], ll["handled_access_net"],
-                       ll["scoped"])[:size]
-    attr_buf = ctypes.create_string_buffer(attr, size)
+def _landlock(s, prepared):
+    attr_buf, size, rules, rule_error = prepared
     ruleset = s.syscall("landlock_create_ruleset", "landlock_create_ruleset", attr_buf,
                         ctypes.c_size_t(size), ctypes.c_uint32(0))
     try:
-        for rule in ll["rules"]:
-            path = rule.get("path") if isinstance(rule, dict) else None
-            access = rule.get("access") if isinstance(rule, dict) else None
-            if not isinstance(path, str) or not isinstance(access, int) or access < 0:
-                raise JoinError("landlock_add_rule", errno.EINVAL, "bad rule %r" % (rule,))
+        if rule_error is not None:
+            raise rule_error
+        for path, buf in rules:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError as e:
                 raise JoinError("landlock_open", e.errno, path)
             try:
-                # struct landlock_path_beneath_attr is packed: u64 allowed_access, s32 fd.
-                buf = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
+                struct.pack_into("=i", buf, 8, fd)
                 try:
                     s.syscall("landlock_add_rule", "landlock_add_rule", ctypes.c_long(ruleset),
                               ctypes.c_long(LANDLOCK_RULE_PATH_BENEATH), buf, ctypes.c_long(0))
@@ -370,20 +549,6 @@ def _landlock(s, ll):
                   ctypes.c_long(0))
     finally:
         os.close(ruleset)
-
-
-def _seccomp(s, bpf_b64):
-    import base64
-    try:
-        bpf = base64.b64decode(bpf_b64, validate=True)
-    except ValueError:
-        raise JoinError("seccomp", errno.EINVAL, "seccomp_bpf is not base64")
-    count = len(bpf) // 8
-    if len(bpf) % 8 or not 0 < count <= BPF_MAXINSNS:
-        raise JoinError("seccomp", errno.EINVAL, "%d bytes is not a BPF program" % len(bpf))
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
-    s.prctl("seccomp", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
 
 
 # ------------------------------------------------------------------------ zygote
@@ -402,6 +567,55 @@ def report_join_error(channel, step, err, detail):
             data = data[os.write(channel, data):]
     except OSError:
         pass
+
+
+MAX_PREPARED_PLANS = 16
+
+
+def _skip_after_fork():
+    pass
+
+
+def _logging_after_fork():
+    _lock._at_fork_reinit()  # noqa: F821 -- runs with logging's globals (see below)
+
+
+def lean_after_fork():
+    """Make Python's at-fork work in this zygote's children cheap; returns what to undo.
+
+    `os.fork()` runs the callbacks modules registered with `os.register_at_fork` in the
+    child. Two of them, `threading`'s and `logging`'s, cost a child ~200 copy-on-write
+    faults (a third of its faults before its first cell) to repair what other threads
+    may have left behind: locks they held, threads that do not exist in the child. The
+    zygote has no other Python thread and holds none of those locks when it forks
+    (checked here), so in its children that work is moot: `threading`'s is skipped and
+    `logging`'s keeps only the reset of its module lock, which the zygote does hold
+    across the fork (its `before` callback takes it). `random`'s callback (the reseed
+    every child needs) and the C-level ones are untouched.
+
+    The callbacks are the registered function objects, so their code is swapped in
+    place; each child puts the original code back first thing, so forks made by user
+    code in a kernel get Python's full treatment. Python >= 3.13 reworked threading's
+    fork handling: there nothing is swapped.
+    """
+    swaps = []
+    threading = sys.modules.get("threading")
+    logging = sys.modules.get("logging")
+    if sys.version_info >= (3, 13) or threading is None:
+        return swaps
+    if threading.active_count() != 1 or getattr(threading, "_limbo", None):
+        return swaps  # a preloaded module started a thread: keep Python's repairs
+    candidates = [(getattr(threading, "_after_fork", None), _skip_after_fork)]
+    if logging is not None and hasattr(getattr(logging, "_lock", None), "_at_fork_reinit"):
+        candidates.append((getattr(logging, "_after_at_fork_child_reinit_locks", None),
+                           _logging_after_fork))
+    for function, lean in candidates:
+        code = getattr(function, "__code__", None)
+        if code is None or code.co_argcount or code.co_freevars or code.co_kwonlyargcount:
+            continue
+        swaps.append((function, code))
+        function.__code__ = lean.__code__
+    return swaps
 
 
 GO = b"G"
@@ -432,10 +646,44 @@ class Zygote:
         self.children = {}
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.sys = Sys()
+        self.sys.reseed_numpy = numpy_reseeder(self.sys.libc)
         self.received_ns = 0
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
+        # [(plan, PreparedPlan)], the latest first: a template's children share one.
+        self.prepared = []
+        self.lean_swaps = lean_after_fork()
+        self.env = None  # the env list of the plan the zygote's environment is
+
+    def prepare(self, plan):
+        # Found by equality, not by a key: comparing the parsed plans allocates nothing
+        # (every page the zygote writes between forks is a copy-on-write fault).
+        for i, (known, prepared) in enumerate(self.prepared):
+            if known == plan:
+                if i:
+                    self.prepared.insert(0, self.prepared.pop(i))
+                return prepared
+        prepared = PreparedPlan(plan)
+        self.prepared.insert(0, (plan, prepared))
+        del self.prepared[MAX_PREPARED_PLANS:]
+        return prepared
+
+    def zygote_env_for(self, plan):
+        """Give the zygote the plan's environment, so that its children need not change
+        theirs (that cost each ~70 copy-on-write faults); True when it has it. The zygote
+        no longer needs its own: the variables it preloaded with (thread pins, jemalloc's
+        options) were read when those libraries initialised."""
+        if plan.error is not None:
+            return False
+        if self.env is None or (self.env is not plan.env and self.env != plan.env):
+            try:
+                set_environment(plan.env)
+            except OSError:
+                self.env = None
+                return False  # the child tries again and reports the step
+        self.env = plan.env
+        return True
 
     def send(self, obj):
         self.sock.send(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
@@ -446,7 +694,8 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.send({"type": "ready", "pid": os.getpid(), "python": sys.version.split()[0],
-                   "preloaded": list(preloaded), "failed": failed})
+                   "preloaded": list(preloaded), "failed": failed,
+                   "threads": thread_count()})
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
@@ -530,7 +779,7 @@ class Zygote:
         channel = fds[roles.index("channel")]
         pidfd = fds[roles.index("pidfd")] if "pidfd" in roles else None
         cgroups = [fd for fd, r in zip(fds, roles) if r == "cgroup"]
-        plan = req.get("plan")
+        plan = self.prepare(req.get("plan"))
         await_go = req.get("go") is True
         try:
             if pidfd is not None:
@@ -542,6 +791,13 @@ class Zygote:
             self.send({"type": "spawn_failed", "id": sid, "step": e.step, "errno": e.errno,
                        "detail": e.detail})
             return
+        env_done = self.zygote_env_for(plan)
+        # Everything allocated since the last fork joins the frozen objects, and the
+        # collector's allocation count restarts at 0. Otherwise the child's first
+        # allocation after it enables the collector starts a collection that walks (and
+        # writes the headers of) every object the zygote made since preloading: ~140
+        # copy-on-write faults per child. The zygote never collects (its collector is off).
+        gc.freeze()
         fork_ns = time.monotonic_ns()
         try:
             pid = os.fork()
@@ -566,7 +822,7 @@ class Zygote:
             # The zygote's side of this spawn, reported with the child's join steps.
             self.child(plan, channel, pidfd, cgroups,
                        [("zygote_received", self.received_ns), ("zygote_fork", fork_ns)],
-                       await_go)
+                       await_go, env_done)
         for fd in fds:
             os.close(fd)
         self.children[pid] = sid
@@ -588,18 +844,22 @@ class Zygote:
             if child_fd is not None:
                 os.close(child_fd)
 
-    def child(self, plan, channel, pidfd, cgroups, steps=None, await_go=False):
+    def child(self, plan, channel, pidfd, cgroups, steps=None, await_go=False,
+              env_done=False):
         forked_ns = time.monotonic_ns()
+        # The kernel's own forks (multiprocessing, subprocess) get Python's full at-fork work.
+        for function, code in self.lean_swaps:
+            function.__code__ = code
         steps = list(steps or ())
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _signal.set_wakeup_fd(-1)
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
             gc.enable()
             if await_go:
                 wait_go(channel)
                 steps.append(("go", time.monotonic_ns()))
-            channel = join(plan, channel, pidfd, cgroups, self.sys, steps)
+            channel = join(plan, channel, pidfd, cgroups, self.sys, steps, env_done)
         except JoinError as e:
             report_join_error(getattr(e, "channel", channel), e.step, e.errno, e.detail)
             os._exit(111)

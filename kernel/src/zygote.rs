@@ -92,6 +92,10 @@ pub enum ZygoteEvent {
         python: String,
         preloaded: Vec<String>,
         failed: Vec<(String, String)>,
+        /// The zygote's threads after preloading (any library's); more than one means a
+        /// preloaded module started a thread, which forked children do not have.
+        #[serde(default)]
+        threads: Option<u32>,
     },
     /// A child was forked (its pid in the zygote's pid namespace). With `pidfd`, a pidfd
     /// of the child came with the message (race-free signalling: the zygote opened it
@@ -418,12 +422,24 @@ impl ControlChannel {
                 python,
                 preloaded,
                 failed,
-            } => Ok(ZygoteReady {
-                pid,
-                python,
-                preloaded,
-                failed,
-            }),
+                threads,
+            } => {
+                if let Some(n) = threads.filter(|&n| n > 1) {
+                    tracing::warn!(
+                        threads = n,
+                        "the zygote runs {n} threads after preloading: a preloaded module \
+                         started them; children are forked without them, so a lock one of \
+                         them held stays locked in the child (pin the module's threads with \
+                         its environment variable, or preload less)"
+                    );
+                }
+                Ok(ZygoteReady {
+                    pid,
+                    python,
+                    preloaded,
+                    failed,
+                })
+            }
             other => Err(format!("the zygote sent {other:?} instead of ready")),
         }
     }

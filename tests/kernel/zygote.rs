@@ -525,3 +525,53 @@ async fn children_draw_different_numpy_numbers_and_can_still_seed_numpy() {
     b.shutdown().await.unwrap();
     z.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_zygote_forks_as_a_single_thread_with_pyarrow_preloaded() {
+    require_root!();
+    // pyarrow's bundled jemalloc starts a background thread unless told not to; a zygote
+    // holding it would fork as a threaded process.
+    let z = zygote(&["pandas", "pyarrow"]).await;
+    let pid = z.pid().expect("the zygote's pid");
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the zygote's tasks")
+        .count();
+    assert_eq!(
+        threads, 1,
+        "the zygote runs {threads} threads after preloading"
+    );
+    z.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn kernels_get_pythons_own_fork_handling_and_unlocked_logging() {
+    require_root!();
+    let mut z = zygote(&["pandas"]).await;
+    let mut k = connect(z.spawn(&plan(0), SpawnFds::default()).await.unwrap())
+        .await
+        .unwrap();
+    // The zygote skips threading's and logging's at-fork repairs for its own children;
+    // a fork made by user code in a kernel must get them: in the grandchild only the
+    // forking thread exists.
+    let fork_with_a_thread = "import os, threading\n\
+        ev = threading.Event()\n\
+        t = threading.Thread(target=ev.wait); t.start()\n\
+        r, w = os.pipe()\n\
+        pid = os.fork()\n\
+        if pid == 0:\n    os.write(w, str(threading.active_count()).encode()); os._exit(0)\n\
+        os.waitpid(pid, 0); ev.set(); t.join()\n\
+        (threading.active_count(), int(os.read(r, 16)))";
+    let r = cell(&mut k, fork_with_a_thread).await;
+    assert_eq!(r.result_text(), Some("(1, 1)"), "{r:?}");
+    // logging's module lock, held by the zygote across the fork, is free in the kernel:
+    // another thread can take it.
+    let logging_from_a_thread = "import logging, threading\n\
+        done = []\n\
+        t = threading.Thread(target=lambda: (logging.getLogger('dsbox-test').addHandler(logging.NullHandler()), done.append(1)), daemon=True)\n\
+        t.start(); t.join(5)\n\
+        done";
+    let r = cell(&mut k, logging_from_a_thread).await;
+    assert_eq!(r.result_text(), Some("[1]"), "{r:?}");
+    k.shutdown().await.unwrap();
+    z.shutdown().await.unwrap();
+}
