@@ -195,6 +195,9 @@ pub struct CpuPerCycle {
     /// Page faults (mostly copy-on-write) per cycle in the zygote and in its kernels.
     pub zygote_faults: f64,
     pub kernel_faults: f64,
+    /// The same in this process and in its reaped children (the shells).
+    pub runtime_faults: f64,
+    pub shell_faults: f64,
 }
 
 /// minflt, cminflt, majflt, cmajflt, utime, stime, cutime, cstime of `pid` (fields 10-17
@@ -932,6 +935,8 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
         kernels_ms: per(&cpu_zygote, &cpu_zygote2, 6, 7),
         zygote_faults: cpu_zygote2[0].saturating_sub(cpu_zygote[0]) as f64 / n,
         kernel_faults: cpu_zygote2[1].saturating_sub(cpu_zygote[1]) as f64 / n,
+        runtime_faults: cpu_me2[0].saturating_sub(cpu_me[0]) as f64 / n,
+        shell_faults: cpu_me2[1].saturating_sub(cpu_me[1]) as f64 / n,
     };
     // Reaping by the zygote is asynchronous: give it a moment.
     let mut after = leak_counts(t).await;
@@ -1079,11 +1084,13 @@ impl KernelBenchResult {
             s += &row("one cycle", &p.cycle);
             let c = &p.cpu_per_cycle;
             s += &format!(
-                "  CPU per cycle: runtime {:.2} ms, shells (middle + init) {:.2} ms, zygote {:.2} ms, kernels {:.2} ms; page faults per cycle: zygote {:.0}, kernels {:.0}\n",
+                "  CPU per cycle: runtime {:.2} ms, shells (middle + init) {:.2} ms, zygote {:.2} ms, kernels {:.2} ms; page faults per cycle: runtime {:.0}, shells {:.0}, zygote {:.0}, kernels {:.0}\n",
                 c.runtime_ms,
                 c.shells_ms,
                 c.zygote_ms,
                 c.kernels_ms,
+                c.runtime_faults,
+                c.shell_faults,
                 c.zygote_faults,
                 c.kernel_faults
             );

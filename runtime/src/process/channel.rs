@@ -22,6 +22,33 @@ pub enum ChannelError {
 /// Largest message we accept (setup profiles are a few KiB).
 const MAX_MESSAGE: usize = 64 * 1024;
 
+/// Room for the next message on `fd`, sized by peeking at it (`flags` add e.g.
+/// MSG_DONTWAIT), at most [`MAX_MESSAGE`] (a longer one is cut and fails to decode).
+/// Not a fixed 64 KiB buffer: zeroing that wrote 16 pages per message, and a large
+/// allocation makes glibc consolidate its free lists, touching chunks all over the heap;
+/// while forked sandbox processes share the runtime's heap, each page written is a
+/// copy-on-write fault.
+fn receive_buffer(fd: RawFd, flags: libc::c_int) -> Result<Vec<u8>, nix::errno::Errno> {
+    loop {
+        // SAFETY: a zero-length peek; MSG_TRUNC makes recv return the datagram's length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_PEEK | libc::MSG_TRUNC | flags,
+            )
+        };
+        if n >= 0 {
+            return Ok(Vec::with_capacity((n as usize).clamp(1, MAX_MESSAGE)));
+        }
+        let errno = nix::errno::Errno::last();
+        if errno != nix::errno::Errno::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
 /// One end of the channel.
 #[derive(Debug)]
 pub struct Channel {
@@ -63,14 +90,14 @@ impl Channel {
 
     /// Receive one message; `Ok(None)` on EOF (every peer end is closed).
     pub fn recv(&self) -> Result<Option<Message>, ChannelError> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut buf = receive_buffer(self.fd.as_raw_fd(), 0).map_err(ChannelError::Recv)?;
         loop {
-            // SAFETY: buf has buf.len() writable bytes.
+            // SAFETY: buf has buf.capacity() writable bytes.
             let n = unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast(),
-                    buf.len(),
+                    buf.capacity(),
                     libc::MSG_CMSG_CLOEXEC,
                 )
             };
@@ -84,7 +111,9 @@ impl Channel {
             if n == 0 {
                 return Ok(None);
             }
-            return serde_json::from_slice(&buf[..n as usize])
+            // SAFETY: recv initialised the first n bytes (n <= capacity).
+            unsafe { buf.set_len(n as usize) };
+            return serde_json::from_slice(&buf)
                 .map(Some)
                 .map_err(ChannelError::Decode);
         }
@@ -92,13 +121,17 @@ impl Channel {
 
     /// Receive without blocking: `Ok(None)` when nothing is queued or at EOF.
     pub fn try_recv(&self) -> Result<Option<Message>, ChannelError> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        // SAFETY: buf has buf.len() writable bytes.
+        let mut buf = match receive_buffer(self.fd.as_raw_fd(), libc::MSG_DONTWAIT) {
+            Ok(buf) => buf,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            Err(errno) => return Err(ChannelError::Recv(errno)),
+        };
+        // SAFETY: buf has buf.capacity() writable bytes.
         let n = unsafe {
             libc::recv(
                 self.fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
-                buf.len(),
+                buf.capacity(),
                 libc::MSG_DONTWAIT,
             )
         };
@@ -112,7 +145,9 @@ impl Channel {
         if n == 0 {
             return Ok(None);
         }
-        serde_json::from_slice(&buf[..n as usize])
+        // SAFETY: recv initialised the first n bytes (n <= capacity).
+        unsafe { buf.set_len(n as usize) };
+        serde_json::from_slice(&buf)
             .map(Some)
             .map_err(ChannelError::Decode)
     }
@@ -155,6 +190,21 @@ pub fn send_quiet(fd: RawFd, msg: &Message) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_recv_is_none_when_nothing_is_queued_and_a_message_too_long_is_an_error() {
+        let (a, b) = Channel::pair().unwrap();
+        assert!(b.try_recv().unwrap().is_none());
+        a.send(&Message::ExecFailed { errno: 2 }).unwrap();
+        assert_eq!(
+            b.try_recv().unwrap(),
+            Some(Message::ExecFailed { errno: 2 })
+        );
+        send_raw(a.raw_fd(), &vec![b' '; MAX_MESSAGE + 10]).unwrap();
+        assert!(matches!(b.recv(), Err(ChannelError::Decode(_))));
+        drop(a);
+        assert_eq!(b.recv().unwrap(), None);
+    }
 
     #[test]
     fn a_pair_carries_messages_and_reports_eof() {
