@@ -155,38 +155,54 @@ fn empty_ancestor(dir: &Path, inside_path: &Path) -> Option<PathBuf> {
 
 impl Builder {
     fn mkdir_p(&mut self, inside_path: &Path) -> Result<(), PlanError> {
-        // Only the host skeleton (a tmpfs we own) gets directories created; a rootfs
-        // directory must already have its mount points (checked by `require_dir`).
-        let mut cur = self.root.clone();
-        for comp in inside_path
-            .strip_prefix("/")
-            .unwrap_or(inside_path)
-            .components()
-        {
-            cur.push(comp);
+        // Only tmpfs we own (the host skeleton, overlays) get directories created; a
+        // rootfs directory must already have its mount points (checked by `require_dir`).
+        self.mkdirs_below(inside_path, Path::new("/"))
+    }
+
+    /// Mkdir ops for `inside_path` and its ancestors strictly below `base`, outermost
+    /// first.
+    fn mkdirs_below(&mut self, inside_path: &Path, base: &Path) -> Result<(), PlanError> {
+        let mut dirs: Vec<&Path> = inside_path
+            .ancestors()
+            .filter(|a| a.starts_with(base) && *a != base)
+            .collect();
+        dirs.reverse();
+        for d in dirs {
             self.ops.push(MountOp::Mkdir {
-                path: cstr(&cur)?,
+                path: cstr(&inside(&self.root, d))?,
                 mode: 0o755,
             });
         }
         Ok(())
     }
 
+    /// Create mount point `inside_path` in a tmpfs we own whose top is `base`: a
+    /// directory, or an empty file in its parent directories.
+    fn create_mount_point(
+        &mut self,
+        inside_path: &Path,
+        is_dir: bool,
+        base: &Path,
+    ) -> Result<(), PlanError> {
+        if is_dir {
+            return self.mkdirs_below(inside_path, base);
+        }
+        if let Some(parent) = inside_path.parent() {
+            self.mkdirs_below(parent, base)?;
+        }
+        self.ops.push(MountOp::WriteFile {
+            path: cstr(&inside(&self.root, inside_path))?,
+            data: Vec::new(),
+            mode: 0o644,
+        });
+        Ok(())
+    }
+
     fn mount_point(&mut self, inside_path: &Path, is_dir: bool) -> Result<CString, PlanError> {
         let target = inside(&self.root, inside_path);
         if self.host_skeleton {
-            if is_dir {
-                self.mkdir_p(inside_path)?;
-            } else {
-                if let Some(parent) = inside_path.parent() {
-                    self.mkdir_p(parent)?;
-                }
-                self.ops.push(MountOp::WriteFile {
-                    path: cstr(&target)?,
-                    data: Vec::new(),
-                    mode: 0o644,
-                });
-            }
+            self.create_mount_point(inside_path, is_dir, Path::new("/"))?;
         } else if let Some(dir) = self.rootfs_dir.clone()
             && std::fs::symlink_metadata(inside(&dir, inside_path)).is_err()
         {
@@ -216,29 +232,7 @@ impl Builder {
                 );
                 self.overlays.push(base.clone());
             }
-            let below = |p: &Path| p.starts_with(&base) && p != base;
-            let dirs: Vec<&Path> = if is_dir {
-                inside_path.ancestors().filter(|a| below(a)).collect()
-            } else {
-                inside_path
-                    .ancestors()
-                    .skip(1)
-                    .filter(|a| below(a))
-                    .collect()
-            };
-            for d in dirs.into_iter().rev() {
-                self.ops.push(MountOp::Mkdir {
-                    path: cstr(&inside(&self.root, d))?,
-                    mode: 0o755,
-                });
-            }
-            if !is_dir {
-                self.ops.push(MountOp::WriteFile {
-                    path: cstr(&target)?,
-                    data: Vec::new(),
-                    mode: 0o644,
-                });
-            }
+            self.create_mount_point(inside_path, is_dir, &base)?;
         }
         cstr(&target)
     }
