@@ -605,7 +605,7 @@ impl Sandbox {
             })
         };
         heap::before_fork();
-        let started = start::start_with_hook(
+        let started = start::start(
             &plan,
             parent_chan,
             child_fd,

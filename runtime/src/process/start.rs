@@ -116,32 +116,14 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd, StartError> {
 /// `join_cgroups` runs right after the fork, while the middle process creates its
 /// namespaces: it creates the sandbox's cgroup(s) and returns their `cgroup.procs` fds,
 /// into which the middle process's pid is then written.
-pub fn start(
-    plan: &ChildPlan,
-    parent: Channel,
-    child_channel: OwnedFd,
-    sandbox_uid: u32,
-    sandbox_gid: u32,
-    join_cgroups: &mut dyn FnMut() -> Result<Vec<RawFd>, StartError>,
-) -> Result<Started, StartError> {
-    start_with_hook(
-        plan,
-        parent,
-        child_channel,
-        sandbox_uid,
-        sandbox_gid,
-        join_cgroups,
-        &mut |_, _, _| {},
-    )
-}
-
-/// [`start`], calling `init_started(init_pid, init_pidfd, cgroup_procs)` (the fds
-/// `join_cgroups` returned) once, as soon as init's pid is known: init and its pid
-/// namespace exist, its setup is usually still running (it may be done already when the
-/// middle process was descheduled). A joiner can start its own slow preparation (e.g. a
+///
+/// `init_started(init_pid, init_pidfd, cgroup_procs)` (the fds `join_cgroups` returned)
+/// is called once, as soon as init's pid is known: init and its pid namespace exist, its
+/// setup is usually still running (it may be done already when the middle process was
+/// descheduled). A joiner can start its own slow preparation (e.g. a
 /// fork into that pid namespace) meanwhile; whatever it starts must wait for the `Ok` of
 /// this function before it enters the other namespaces or the cgroup.
-pub fn start_with_hook(
+pub fn start(
     plan: &ChildPlan,
     parent: Channel,
     child_channel: OwnedFd,
