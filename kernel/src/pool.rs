@@ -27,6 +27,7 @@ use dsbox_runtime::process::message::monotonic_ns;
 use dsbox_runtime::sandbox::EarlyJoin;
 use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::client::{KernelClient, KernelControl, KernelError};
@@ -383,7 +384,7 @@ pub(crate) struct TemplateInner {
     pub(crate) scratch: Vec<PathBuf>,
     zygote: Arc<ZygoteHandle>,
     /// The JoinPlan as JSON: the same for every shell of the template.
-    plan_json: OnceLock<Arc<str>>,
+    plan_json: OnceLock<Arc<RawValue>>,
     pool: Mutex<VecDeque<Ready>>,
     refill: Arc<Notify>,
     inflight: AtomicUsize,
@@ -428,16 +429,19 @@ type SpawnReplyFuture = std::pin::Pin<
 struct EarlySpawn {
     reply: SpawnReplyFuture,
     runtime_end: std::os::unix::net::UnixStream,
-    plan_json: Arc<str>,
+    plan_json: Arc<RawValue>,
 }
 
 impl EarlySpawn {
     fn request(
         zygote: &ZygoteHandle,
-        cached_plan: Option<Arc<str>>,
+        cached_plan: Option<Arc<RawValue>>,
         j: &EarlyJoin<'_>,
     ) -> Result<EarlySpawn> {
-        let plan_json = cached_plan.unwrap_or_else(|| plan_json_of(j.plan));
+        let plan_json = match cached_plan {
+            Some(plan) => plan,
+            None => plan_json_of(j.plan)?,
+        };
         let (req, runtime_end) =
             spawn_request(plan_json.clone(), j.pidfd, &j.cgroup_procs, &j.cgroup_paths)?;
         let reply = Box::pin(zygote.spawn(req)?);
@@ -450,15 +454,17 @@ impl EarlySpawn {
 }
 
 /// The kernels' JoinPlan of a shell, as JSON.
-fn plan_json_of(plan: &dsbox_runtime::sandbox::JoinPlan) -> Arc<str> {
+fn plan_json_of(plan: &dsbox_runtime::sandbox::JoinPlan) -> Result<Arc<RawValue>> {
     let plan = kernel_join_plan(plan.clone());
-    Arc::from(serde_json::to_string(&plan).unwrap_or_else(|_| "{}".into()))
+    let json = serde_json::value::to_raw_value(&plan)
+        .map_err(|e| KernelError::Protocol(crate::protocol::ProtocolError::Encode(e)))?;
+    Ok(Arc::from(json))
 }
 
 /// A spawn request for a shell (its init's pidfd, cgroup.procs fds and cgroup leaves),
 /// with a fresh channel; the runtime's end is returned. The child waits for the go byte.
 fn spawn_request(
-    plan_json: Arc<str>,
+    plan_json: Arc<RawValue>,
     pidfd: BorrowedFd<'_>,
     cgroup_procs: &[BorrowedFd<'_>],
     cgroup_paths: &[PathBuf],
@@ -480,7 +486,6 @@ fn spawn_request(
             cgroup_procs,
             cgroup_dirs,
             channel: kernel_end.into(),
-            await_go: true,
         },
         runtime_end,
     ))
@@ -903,10 +908,13 @@ impl TemplateInner {
         shell: &Sandbox,
     ) -> Result<(SpawnRequest, std::os::unix::net::UnixStream)> {
         let join = shell.join_plan();
-        let plan_json = self
-            .plan_json
-            .get_or_init(|| plan_json_of(&join.plan))
-            .clone();
+        let plan_json = match self.plan_json.get() {
+            Some(plan) => plan.clone(),
+            None => {
+                let plan = plan_json_of(&join.plan)?;
+                self.plan_json.get_or_init(|| plan).clone()
+            }
+        };
         let (req, runtime_end) = spawn_request(
             plan_json,
             join.pidfd,

@@ -19,13 +19,16 @@ use std::time::Duration;
 use dsbox_runtime::process::message::monotonic_ns;
 use dsbox_runtime::{Sandbox, SandboxSpec, SpawnOptions, Stdio};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::client::KernelError;
 use crate::pool::SandboxError;
 use crate::template::{TemplateConfig, ZYGOTE_CONTROL_FD};
-use crate::zygote::{ControlChannel, ZygoteEvent, ZygoteReady, seqpacket_pair};
+use crate::zygote::{
+    ControlChannel, FdRole, ZygoteEvent, ZygoteReady, ZygoteRequest, seqpacket_pair,
+};
 
 /// Bytes of the zygote's stderr kept for error messages.
 const STDERR_TAIL: usize = 8 << 10;
@@ -70,16 +73,15 @@ impl ZygoteState {
 
 /// What a spawn needs: the (pre-serialized) JoinPlan and the fds of the shell.
 pub(crate) struct SpawnRequest {
-    pub plan_json: Arc<str>,
+    pub plan_json: Arc<RawValue>,
     pub pidfd: OwnedFd,
     pub cgroup_procs: Vec<OwnedFd>,
     /// Parent directories of the shell's cgroup leaves.
     pub cgroup_dirs: Vec<PathBuf>,
-    /// The kernel's end of its channel.
+    /// The kernel's end of its channel. The child waits for the go byte
+    /// ([`crate::zygote::GO`]) on it before it joins: the request may go out before the
+    /// shell is ready.
     pub channel: OwnedFd,
-    /// The child waits for the go byte ([`crate::zygote::GO`]) on its channel before it joins (the
-    /// request may go out before the shell is ready).
-    pub await_go: bool,
 }
 
 /// A forked kernel child.
@@ -479,10 +481,13 @@ impl Supervisor {
                     Some(Command::Ping(reply)) => {
                         let id = *next_id;
                         *next_id += 1;
-                        let body = format!(r#"{{"type":"ping","id":{id}}}"#);
-                        match z.control.send(body.as_bytes(), &[]).await {
+                        let sent = match serde_json::to_vec(&ZygoteRequest::Ping { id }) {
+                            Ok(body) => z.control.send(&body, &[]).await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match sent {
                             Ok(()) => { pings.insert(id, reply); }
-                            Err(e) => { let _ = reply.send(Err(self.unavailable(e.to_string()))); }
+                            Err(e) => { let _ = reply.send(Err(self.unavailable(e))); }
                         }
                     }
                 },
@@ -508,19 +513,22 @@ impl Supervisor {
             z.extra_cgroups = Some(extra_cgroups(z, &req.cgroup_dirs));
         }
         let extra = z.extra_cgroups.as_deref().unwrap_or_default();
-        let mut roles = String::from(r#""channel","pidfd""#);
+        let mut roles = vec![FdRole::Channel, FdRole::Pidfd];
         let mut raw: Vec<RawFd> = vec![req.channel.as_raw_fd(), req.pidfd.as_raw_fd()];
         for fd in req.cgroup_procs.iter().chain(extra) {
-            roles.push_str(r#","cgroup""#);
+            roles.push(FdRole::Cgroup);
             raw.push(fd.as_raw_fd());
         }
-        let body = format!(
-            r#"{{"type":"spawn","id":{id},"plan":{},"fds":[{roles}],"go":{}}}"#,
-            req.plan_json, req.await_go
-        );
+        let body = serde_json::to_vec(&ZygoteRequest::Spawn {
+            id,
+            plan: &req.plan_json,
+            fds: roles,
+            go: true,
+        })
+        .map_err(|e| self.unavailable(format!("cannot encode a spawn request: {e}")))?;
         let sent_ns = monotonic_ns();
         z.control
-            .send(body.as_bytes(), &raw)
+            .send(&body, &raw)
             .await
             .map_err(|e| SandboxError::ZygoteDied {
                 template: self.template.clone(),

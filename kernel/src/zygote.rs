@@ -21,6 +21,7 @@ use nix::sys::socket::{
     recvmsg, sendmsg, socketpair,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
@@ -70,7 +71,8 @@ pub enum FdRole {
 pub enum ZygoteRequest<'a> {
     Spawn {
         id: u64,
-        plan: &'a JoinPlan,
+        /// A [`JoinPlan`] as JSON: serialized once, it serves every spawn of a template.
+        plan: &'a RawValue,
         fds: Vec<FdRole>,
         /// The child waits for [`GO`] on its channel before it joins.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -278,9 +280,11 @@ impl Zygote {
             roles.push(FdRole::Cgroup);
             raw.push(fd.as_raw_fd());
         }
+        let plan = serde_json::value::to_raw_value(plan)
+            .map_err(crate::protocol::ProtocolError::Encode)?;
         let body = serde_json::to_vec(&ZygoteRequest::Spawn {
             id,
-            plan,
+            plan: &plan,
             fds: roles,
             go,
         })
