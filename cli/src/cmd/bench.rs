@@ -167,12 +167,7 @@ fn rootfs(args: RootfsArgs) -> anyhow::Result<ExitCode> {
         module: args.module,
         profiles_dir: dsbox_rootfs::ProfileSet::default_user_dir(),
     })?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", result.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    print_result(&result, result.summary(), args.json)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -198,12 +193,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         pool_size: args.pool,
     };
     let result = dsbox_bench::serve::run(dsbox_kernel::TemplateConfig::new(&rootfs), &cfg)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", result.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    print_result(&result, result.summary(), args.json)
 }
 
 fn kernel(args: KernelArgs) -> anyhow::Result<ExitCode> {
@@ -237,12 +227,7 @@ fn kernel(args: KernelArgs) -> anyhow::Result<ExitCode> {
         only: args.only.iter().map(|s| s.to_ascii_lowercase()).collect(),
     };
     let result = dsbox_bench::kernel::run(&rootfs, &cfg)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", result.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    print_result(&result, result.summary(), args.json)
 }
 
 fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
@@ -255,10 +240,19 @@ fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         runs: args.runs,
         ..Default::default()
     })?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+    print_result(&result, result.summary(), args.json)
+}
+
+/// Print a bench result: its JSON with `--json`, else its text summary.
+pub(crate) fn print_result(
+    result: &impl serde::Serialize,
+    summary: String,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(result)?);
     } else {
-        print!("{}", result.summary());
+        print!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
 }

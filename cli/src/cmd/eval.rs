@@ -894,10 +894,5 @@ pub fn bench(args: BenchEvalArgs) -> anyhow::Result<ExitCode> {
         cfg.backend.backend.as_str()
     );
     let result = dsbox_bench::eval::run(&cfg)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", result.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    super::bench::print_result(&result, result.summary(), args.json)
 }

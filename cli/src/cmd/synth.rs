@@ -1320,10 +1320,5 @@ pub fn bench(args: BenchSynthArgs) -> anyhow::Result<ExitCode> {
         cfg.backend.backend.as_str()
     );
     let result = dsbox_bench::synth::run(&cfg)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", result.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    super::bench::print_result(&result, result.summary(), args.json)
 }
