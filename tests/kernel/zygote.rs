@@ -288,6 +288,18 @@ struct FakeShell {
 }
 
 impl FakeShell {
+    /// `plan` set to enter the shell's mount, net, uts and ipc namespaces, and the fds.
+    fn join(&self, mut plan: JoinPlan) -> (JoinPlan, SpawnFds<'_>) {
+        plan.namespaces =
+            (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+                as u64;
+        let fds = SpawnFds {
+            pidfd: Some(self.pidfd.as_fd()),
+            cgroup_procs: vec![],
+        };
+        (plan, fds)
+    }
+
     fn start() -> FakeShell {
         let unshare = std::process::Command::new("unshare")
             .args([
@@ -347,13 +359,7 @@ async fn a_joined_child_enters_the_shell_namespaces() {
     require_root!();
     let shell = FakeShell::start();
     let mut z = zygote(&[]).await;
-    let mut p = plan(0);
-    p.namespaces =
-        (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
-    let fds = SpawnFds {
-        pidfd: Some(shell.pidfd.as_fd()),
-        cgroup_procs: vec![],
-    };
+    let (p, fds) = shell.join(plan(0));
     let mut k = connect(z.spawn(&p, fds).await.unwrap()).await.unwrap();
     let c = cell(
         &mut k,
@@ -468,13 +474,7 @@ async fn a_child_asked_for_early_dies_with_a_shell_that_never_becomes_ready() {
     require_root!();
     let shell = FakeShell::start();
     let mut z = zygote(&[]).await;
-    let mut p = plan(0);
-    p.namespaces =
-        (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
-    let fds = SpawnFds {
-        pidfd: Some(shell.pidfd.as_fd()),
-        cgroup_procs: vec![],
-    };
+    let (p, fds) = shell.join(plan(0));
     // Forked into the shell's pid namespace, waiting for go; the channel stays open.
     let spawned = z.spawn_awaiting_go(&p, fds).await.unwrap();
     let pid = spawned.pid;
