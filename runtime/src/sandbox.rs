@@ -1078,11 +1078,20 @@ mod heap {
     /// Called before each sandbox's fork.
     pub fn before_fork() {
         if TRIM_PENDING.swap(false, Ordering::Relaxed) {
-            // SAFETY: malloc_trim has no preconditions; it only releases free memory.
-            unsafe { libc::malloc_trim(0) };
+            trim();
             tracing::debug!("heap trimmed after a burst of sandboxes");
         }
     }
+
+    #[cfg(target_env = "gnu")]
+    fn trim() {
+        // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+        unsafe { libc::malloc_trim(0) };
+    }
+
+    /// Other C libraries have no malloc_trim (musl returns freed memory by itself).
+    #[cfg(not(target_env = "gnu"))]
+    fn trim() {}
 
     pub fn sandbox_started() {
         let live = LIVE.fetch_add(1, Ordering::Relaxed) + 1;
