@@ -587,8 +587,8 @@ def lean_after_fork():
     child. Two of them, `threading`'s and `logging`'s, cost a child ~200 copy-on-write
     faults (a third of its faults before its first cell) to repair what other threads
     may have left behind: locks they held, threads that do not exist in the child. The
-    zygote has no other Python thread and holds none of those locks when it forks
-    (checked here), so in its children that work is moot: `threading`'s is skipped and
+    zygote has no other thread and holds none of those locks when it forks (checked
+    here), so in its children that work is moot: `threading`'s is skipped and
     `logging`'s keeps only the reset of its module lock, which the zygote does hold
     across the fork (its `before` callback takes it). `random`'s callback (the reseed
     every child needs) and the C-level ones are untouched.
@@ -603,7 +603,8 @@ def lean_after_fork():
     logging = sys.modules.get("logging")
     if sys.version_info >= (3, 13) or threading is None:
         return swaps
-    if threading.active_count() != 1 or getattr(threading, "_limbo", None):
+    if (threading.active_count() != 1 or getattr(threading, "_limbo", None)
+            or (thread_count() or 1) > 1):
         return swaps  # a preloaded module started a thread: keep Python's repairs
     candidates = [(getattr(threading, "_after_fork", None), _skip_after_fork)]
     if logging is not None and hasattr(getattr(logging, "_lock", None), "_at_fork_reinit"):
