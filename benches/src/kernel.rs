@@ -184,9 +184,11 @@ pub struct LeakCounts {
 /// CPU time (user + system) per cycle, by who spent it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuPerCycle {
-    /// This process (the runtime: forks of shells, tokio, destroy).
+    /// This process (the runtime: plans, tokio, destroy).
     pub runtime_ms: f64,
-    /// Its reaped children: the shells' middle processes and inits.
+    /// The runtime's spawner process (receives plans, clones the shells' middle processes).
+    pub spawner_ms: f64,
+    /// The runtime's reaped children: the shells' middle processes and inits.
     pub shells_ms: f64,
     /// The zygote (receive, fork).
     pub zygote_ms: f64,
@@ -197,6 +199,7 @@ pub struct CpuPerCycle {
     pub kernel_faults: f64,
     /// The same in this process and in its reaped children (the shells).
     pub runtime_faults: f64,
+    pub spawner_faults: f64,
     pub shell_faults: f64,
 }
 
@@ -935,7 +938,9 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
     let cycles = per_worker * workers;
     let zygote = t.zygote_pid().unwrap_or(0);
     let me = std::process::id() as i32;
-    let (cpu_me, cpu_zygote) = (proc_stat(me), proc_stat(zygote));
+    // Started with the first sandbox (the zygote's), so it runs by now.
+    let spawner = dsbox_runtime::process::spawner::pid().unwrap_or(0);
+    let (cpu_me, cpu_zygote, cpu_spawner) = (proc_stat(me), proc_stat(zygote), proc_stat(spawner));
     let started = Instant::now();
     let mut tasks = Vec::new();
     let every_cycle = cfg.cell_every_cycle;
@@ -963,7 +968,8 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
         );
     }
     let seconds = started.elapsed().as_secs_f64();
-    let (cpu_me2, cpu_zygote2) = (proc_stat(me), proc_stat(zygote));
+    let (cpu_me2, cpu_zygote2, cpu_spawner2) =
+        (proc_stat(me), proc_stat(zygote), proc_stat(spawner));
     // SAFETY: sysconf has no preconditions.
     let tick_ms = 1e3 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64);
     let n = cycles.max(1) as f64;
@@ -972,12 +978,14 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
     };
     let cpu_per_cycle = CpuPerCycle {
         runtime_ms: per(&cpu_me, &cpu_me2, 4, 5),
+        spawner_ms: per(&cpu_spawner, &cpu_spawner2, 4, 5),
         shells_ms: per(&cpu_me, &cpu_me2, 6, 7),
         zygote_ms: per(&cpu_zygote, &cpu_zygote2, 4, 5),
         kernels_ms: per(&cpu_zygote, &cpu_zygote2, 6, 7),
         zygote_faults: cpu_zygote2[0].saturating_sub(cpu_zygote[0]) as f64 / n,
         kernel_faults: cpu_zygote2[1].saturating_sub(cpu_zygote[1]) as f64 / n,
         runtime_faults: cpu_me2[0].saturating_sub(cpu_me[0]) as f64 / n,
+        spawner_faults: cpu_spawner2[0].saturating_sub(cpu_spawner[0]) as f64 / n,
         shell_faults: cpu_me2[1].saturating_sub(cpu_me[1]) as f64 / n,
     };
     // Reaping by the zygote is asynchronous: give it a moment.
@@ -1130,12 +1138,14 @@ impl KernelBenchResult {
             s += &row("one cycle", &p.cycle);
             let c = &p.cpu_per_cycle;
             s += &format!(
-                "  CPU per cycle: runtime {:.2} ms, shells (middle + init) {:.2} ms, zygote {:.2} ms, kernels {:.2} ms; page faults per cycle: runtime {:.0}, shells {:.0}, zygote {:.0}, kernels {:.0}\n",
+                "  CPU per cycle: runtime {:.2} ms, spawner {:.2} ms, shells (middle + init) {:.2} ms, zygote {:.2} ms, kernels {:.2} ms; page faults per cycle: runtime {:.0}, spawner {:.0}, shells {:.0}, zygote {:.0}, kernels {:.0}\n",
                 c.runtime_ms,
+                c.spawner_ms,
                 c.shells_ms,
                 c.zygote_ms,
                 c.kernels_ms,
                 c.runtime_faults,
+                c.spawner_faults,
                 c.shell_faults,
                 c.zygote_faults,
                 c.kernel_faults

@@ -183,7 +183,7 @@ impl LandlockPlan {
 }
 
 /// A [`LandlockPlan`] ready to apply in a forked child.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PreparedLandlock {
     attr: LandlockRulesetAttr,
     rules: Vec<(CString, u64)>,

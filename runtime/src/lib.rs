@@ -1,7 +1,9 @@
 //! dsbox-runtime: starts a process — or an empty "shell" that other processes join — in a
 //! sandbox built from Linux namespaces, cgroups (v1 and v2), seccomp, landlock,
 //! capabilities and rlimits, with `pivot_root` into a read-only root filesystem and
-//! writable, size-limited scratch directories. No daemon, no helper binaries, no threads.
+//! writable, size-limited scratch directories. No daemon and no helper binaries: one
+//! helper process, the spawner (a fork of the runtime, [`process::spawner`]), clones the
+//! sandboxes' processes.
 //!
 //! Main types: [`SandboxSpec`] (what to build; [`spec::SandboxBuilder`] validates it,
 //! [`oci::from_bundle`] reads an OCI bundle), [`Sandbox`] (the running sandbox: wait,

@@ -12,6 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use serde::{Deserialize, Serialize};
+
 use crate::process::message::{Step, StepError};
 use crate::spec::{Mount, Root, SANDBOX_GID, SANDBOX_UID, SandboxSpec};
 use crate::syscall::Syscall;
@@ -26,7 +28,7 @@ pub enum PlanError {
 }
 
 /// One operation of the plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountOp {
     Mount {
         step: Step,
@@ -57,7 +59,7 @@ pub enum MountOp {
 }
 
 /// The whole filesystem setup of one sandbox.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MountPlan {
     new_root: CString,
     ops: Vec<MountOp>,

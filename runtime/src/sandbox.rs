@@ -46,8 +46,10 @@ pub struct SpawnOptions {
     pub stderr: Stdio,
     /// Extra fds for the payload: `(fd, number it gets inside)`.
     pub extra_fds: Vec<(OwnedFd, RawFd)>,
-    /// Kill the sandbox when the thread that spawned it exits (PR_SET_PDEATHSIG). Right
-    /// for a single-threaded CLI; wrong for a thread pool, whose threads come and go.
+    /// Keep PR_SET_PDEATHSIG(SIGKILL) after setup: the sandbox dies with the runtime
+    /// process at once (its parent thread is the spawner's, parked for the process's
+    /// lifetime). Without it, init ends the sandbox when the runtime's end of its channel
+    /// closes, which a dead runtime's does too.
     pub die_with_runtime: bool,
 }
 
@@ -604,7 +606,6 @@ impl Sandbox {
                 cgroup_paths: early_paths.borrow().clone(),
             })
         };
-        heap::before_fork();
         let started = start::start(
             &plan,
             parent_chan,
@@ -633,7 +634,6 @@ impl Sandbox {
         drop(opts);
 
         let join = join_plan;
-        heap::sandbox_started();
         let mut sandbox = Sandbox {
             id,
             init_pid: started.init_pid,
@@ -1008,7 +1008,6 @@ impl Sandbox {
             return Ok(());
         }
         self.destroyed = true;
-        heap::sandbox_ended();
         let mut first: Option<Error> = None;
         if !self.init_reaped {
             // After a reported end, init is leaving by itself; otherwise this kills the
@@ -1051,84 +1050,6 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Err(e) = self.destroy_inner() {
             tracing::warn!("destroying sandbox {}: {e}", self.id);
-        }
-    }
-}
-
-/// Returning the heap to the kernel after a burst of sandboxes.
-///
-/// Every sandbox starts with a fork of this process, so its cost grows with the
-/// process's resident memory: the page tables to copy (twice: the middle process, then
-/// init) and to tear down, and the copy-on-write faults in both. A burst (say a thousand
-/// live sandboxes) grows the heap; when they are gone, glibc keeps the freed pages, and
-/// every later sandbox pays for them (P6 after P5: 126 cycles/s instead of 156). Once the
-/// live count has fallen to a quarter of a peak of at least [`BURST`], the next sandbox
-/// to start first gives the free pages back with `malloc_trim` (by then the burst's
-/// memory is mostly freed; the peak restarts at the live count).
-mod heap {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-    /// Peaks below this are not worth a trim (it walks every arena).
-    pub const BURST: usize = 64;
-
-    static LIVE: AtomicUsize = AtomicUsize::new(0);
-    static PEAK: AtomicUsize = AtomicUsize::new(0);
-    static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
-
-    /// Called before each sandbox's fork.
-    pub fn before_fork() {
-        if TRIM_PENDING.swap(false, Ordering::Relaxed) {
-            trim();
-            tracing::debug!("heap trimmed after a burst of sandboxes");
-        }
-    }
-
-    #[cfg(target_env = "gnu")]
-    fn trim() {
-        // SAFETY: malloc_trim has no preconditions; it only releases free memory.
-        unsafe { libc::malloc_trim(0) };
-    }
-
-    /// Other C libraries have no malloc_trim (musl returns freed memory by itself).
-    #[cfg(not(target_env = "gnu"))]
-    fn trim() {}
-
-    pub fn sandbox_started() {
-        let live = LIVE.fetch_add(1, Ordering::Relaxed) + 1;
-        PEAK.fetch_max(live, Ordering::Relaxed);
-    }
-
-    pub fn sandbox_ended() {
-        let live = LIVE.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        let peak = PEAK.load(Ordering::Relaxed);
-        if trim_due(peak, live)
-            && PEAK
-                .compare_exchange(peak, live, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            TRIM_PENDING.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// After a peak of at least [`BURST`] live sandboxes, once a quarter of it is left.
-    pub fn trim_due(peak: usize, live: usize) -> bool {
-        peak >= BURST && live <= peak / 4
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn a_trim_is_due_only_after_a_burst_has_mostly_ended() {
-            assert!(!trim_due(BURST - 1, 0), "small peaks are not worth it");
-            assert!(!trim_due(1000, 251));
-            assert!(trim_due(1000, 250));
-            assert!(trim_due(BURST, 0));
-            // After a trim the peak restarts at the live count: a burst that drains
-            // further is trimmed again, until what is left is below BURST.
-            assert!(trim_due(250, 62));
-            assert!(!trim_due(62, 0));
         }
     }
 }

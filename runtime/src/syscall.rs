@@ -16,7 +16,7 @@ pub type SysResult<T = ()> = std::result::Result<T, Errno>;
 
 /// Landlock ruleset attributes (`struct landlock_ruleset_attr`, ABI 6 layout).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LandlockRulesetAttr {
     pub handled_access_fs: u64,
     pub handled_access_net: u64,

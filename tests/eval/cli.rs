@@ -93,7 +93,7 @@ async fn wait_for_lines(out: &Path, n: usize, child: &mut Child) {
     }
 }
 
-/// Direct children of `pid` (sandbox inits are children of the runtime).
+/// Direct children of `pid` but its spawner (sandbox inits are children of the runtime).
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
@@ -103,6 +103,10 @@ fn children(pid: u32) -> Vec<u32> {
             }
         }
     }
+    out.retain(|c| {
+        std::fs::read_to_string(format!("/proc/{c}/comm"))
+            .is_ok_and(|n| n.trim() != "dsbox-spawner")
+    });
     out
 }
 

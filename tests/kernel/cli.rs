@@ -218,12 +218,12 @@ fn a_killed_dsbox_leaves_no_sandbox_process_behind() {
         .stderr(Stdio::null())
         .spawn()
         .expect("run dsbox exec");
-    // `dsbox exec` prints when the cell ends: wait for the zygote's sandbox, the kernel's
-    // shell (its init) and the kernel (a child of the zygote) instead.
+    // `dsbox exec` prints when the cell ends: wait for the runtime's spawner, the zygote's
+    // sandbox, the kernel's shell (its init) and the kernel (a child of the zygote) instead.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let below = loop {
         let below = descendants(child.id());
-        if below.len() >= 3 {
+        if below.len() >= 4 {
             break below;
         }
         assert!(

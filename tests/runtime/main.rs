@@ -357,6 +357,106 @@ fn leaked_fds_are_closed() {
     }
 }
 
+/// A field of /proc/<pid>/status.
+fn status_field(pid: i32, field: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')
+                .map(|v| v.trim().to_owned())
+        })
+}
+
+/// Sandboxes are cloned by the runtime's spawner, a fork of the runtime: it must hold none
+/// of the runtime's files (a leaked channel end would keep a sandbox alive after the
+/// runtime closed it), leave the sandboxes the runtime's children, and be replaced when
+/// it dies. Runs alone in its own process: it kills the spawner, which a parallel test
+/// could be using.
+#[test]
+fn the_spawner_holds_no_runtime_fd_keeps_the_runtime_the_parent_and_is_replaced() {
+    require_root();
+    const ALONE: &str = "DSBOX_TEST_SPAWNER_ALONE";
+    if std::env::var_os(ALONE).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "the_spawner_holds_no_runtime_fd_keeps_the_runtime_the_parent_and_is_replaced",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the run alone failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    // Open before the spawner exists, without CLOEXEC: a fork inherits it.
+    // SAFETY: open(2) of a constant path; closed at the end.
+    let leaked = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+    assert!(leaked > 2);
+    assert_eq!(dsbox_runtime::process::spawner::pid(), None);
+    let me = std::process::id().to_string();
+
+    let shell = Sandbox::spawn(&SandboxSpec::default(), SpawnOptions::default()).unwrap();
+    let spawner = dsbox_runtime::process::spawner::pid().expect("a spawner runs");
+    assert_eq!(
+        status_field(spawner, "Name").as_deref(),
+        Some("dsbox-spawner")
+    );
+    assert_eq!(status_field(spawner, "PPid").as_deref(), Some(me.as_str()));
+    assert_eq!(
+        status_field(shell.pid(), "PPid").as_deref(),
+        Some(me.as_str()),
+        "init is the runtime's child, not the spawner's"
+    );
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{spawner}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            std::fs::read_link(e.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        fds.len() == 1 && fds[0].starts_with("socket:"),
+        "the spawner holds only its socket to the runtime: {fds:?}"
+    );
+    // Positive control: the runtime itself does hold the file.
+    assert!(
+        std::fs::read_link(format!("/proc/self/fd/{leaked}"))
+            .unwrap()
+            .ends_with("hostname")
+    );
+
+    // A killed spawner is replaced (and reaped) by the next start.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(spawner, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_field(spawner, "State").is_some_and(|s| !s.starts_with('Z')) {
+        assert!(Instant::now() < deadline, "the spawner did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (j, code) = lib_run(&probe_spec(&["report"]));
+    assert_eq!(code, 0, "{j}");
+    let second = dsbox_runtime::process::spawner::pid().expect("a new spawner runs");
+    assert_ne!(second, spawner);
+    assert!(
+        !Path::new(&format!("/proc/{spawner}")).exists(),
+        "the dead spawner was reaped"
+    );
+    shell.destroy().unwrap();
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(leaked) };
+}
+
 // ---------------------------------------------------------------- privileges
 
 #[test]

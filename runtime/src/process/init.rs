@@ -13,7 +13,7 @@ use crate::syscall::{Errno, LinuxSyscall, Syscall};
 use crate::{capabilities, rlimits};
 
 /// Exit code of a child whose setup failed (the runtime reports the step instead).
-const SETUP_FAILED: i32 = 125;
+pub(super) const SETUP_FAILED: i32 = 125;
 
 /// Signals init forwards to the payload.
 pub const FORWARDED_SIGNALS: &[libc::c_int] = &[
@@ -489,13 +489,11 @@ fn init_main(
     init_loop(channel, payload_pid, &set)
 }
 
-/// Until init has closed the runtime's fds, every process of a starting sandbox holds
-/// copies of them — among them the runtime's ends of *other* sandboxes' channels, so two
-/// sandboxes starting at once could each keep the other's channel open after the runtime
-/// died, and both wait for a `Go` forever (holding the runtime's files, e.g. a run's lock).
-/// During setup they therefore die with the runtime's thread that started them (it waits
-/// for the setup to finish, so it outlives it unless the runtime dies). Init clears this
-/// again (unless `die_with_parent`) once [`watch_for_hangup`] has taken over.
+/// A starting sandbox waits for the runtime's `Go`; if the runtime died in between, it
+/// must not wait forever. During setup its processes therefore die with their parent
+/// thread, the spawner's parked parent, which lives as long as the runtime (see
+/// process/spawner.rs). Init clears this again (unless `die_with_parent`) once
+/// [`watch_for_hangup`] has taken over.
 fn die_with_runtime_during_setup(plan: &ChildPlan) {
     // SAFETY: prctl with integer arguments; getppid has no preconditions.
     unsafe {

@@ -14,10 +14,13 @@
 pub mod channel;
 pub mod init;
 pub mod message;
+pub mod spawner;
 pub mod start;
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
+
+use serde::{Deserialize, Serialize};
 
 use crate::landlock::PreparedLandlock;
 use crate::rootfs::MountPlan;
@@ -25,7 +28,7 @@ use crate::seccomp::BpfProgram;
 use crate::spec::Rlimit;
 
 /// Credentials and restrictions applied to the payload (and, minus landlock, to init).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hardening {
     pub uid: u32,
     pub gid: u32,
@@ -40,7 +43,7 @@ pub struct Hardening {
 }
 
 /// What the payload does between fork and execve.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PayloadPlan {
     /// Paths tried in order with execve (PATH lookup done in the parent).
     pub candidates: Vec<CString>,
@@ -57,7 +60,7 @@ pub struct PayloadPlan {
 }
 
 /// Everything the middle process, init and the payload need, prepared by the runtime.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChildPlan {
     pub unshare_flags: libc::c_int,
     pub userns: bool,
@@ -105,8 +108,57 @@ pub fn close_ranges(keep: &[RawFd]) -> Vec<(u32, u32)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::close_ranges;
+pub(crate) mod tests {
+    use super::*;
+
+    /// A plan with every kind of field filled in (for encoding round trips).
+    pub(crate) fn sample_plan() -> ChildPlan {
+        let spec = crate::spec::SandboxSpec::builder()
+            .with_command(["/usr/bin/python3", "-c", "print(1)"])
+            .build()
+            .unwrap();
+        let hardening = Hardening {
+            uid: 1000,
+            gid: 1000,
+            setgroups: true,
+            drop_caps: true,
+            last_cap: 40,
+            no_new_privs: true,
+            landlock: crate::landlock::LandlockPlan::for_spec(&spec, 7)
+                .as_ref()
+                .map(crate::landlock::LandlockPlan::prepare),
+            seccomp: Some(crate::seccomp::default_program()),
+        };
+        ChildPlan {
+            unshare_flags: libc::CLONE_NEWNS | libc::CLONE_NEWPID,
+            userns: true,
+            become_ns_root: true,
+            pidns: true,
+            mounts: MountPlan::build(&spec, std::path::Path::new("/nonexistent-staging"), true)
+                .unwrap(),
+            hostname: b"sandbox".to_vec(),
+            loopback: true,
+            payload: Some(PayloadPlan {
+                candidates: vec![c"/usr/bin/python3".into()],
+                argv: vec![c"python3".into(), c"-c".into()],
+                envp: vec![c"PATH=/usr/bin".into()],
+                cwd: c"/".into(),
+                rlimits: spec.limits.rlimits.clone(),
+                fd_moves: vec![(12, 1)],
+                close_ranges: close_ranges(&[0, 1, 2, 11]),
+                profile: false,
+            }),
+            payload_hardening: hardening.clone(),
+            init_hardening: Hardening {
+                landlock: None,
+                ..hardening
+            },
+            seccomp_in_init: Some(crate::seccomp::default_program()),
+            die_with_parent: false,
+            profile: false,
+            runtime_pid: 1,
+        }
+    }
 
     #[test]
     fn close_ranges_leave_exactly_the_kept_fds() {

@@ -1,12 +1,12 @@
-//! The runtime side of the start path: fork the middle process, answer its id-map
-//! request, learn init's pid, wait for `Ready`.
+//! The runtime side of the start path: have the spawner clone the middle process, answer
+//! its id-map request, learn init's pid, wait for `Ready`.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::ChildPlan;
 use super::channel::{Channel, ChannelError};
-use super::init::middle_main;
 use super::message::{Message, StepError, StepTime, monotonic_ns};
+use super::spawner;
 use crate::namespaces::{self, NamespaceError};
 
 /// Errors of the start path as seen by the runtime.
@@ -14,6 +14,8 @@ use crate::namespaces::{self, NamespaceError};
 pub enum StartError {
     #[error("fork failed: {0}")]
     Fork(nix::errno::Errno),
+    #[error(transparent)]
+    Spawner(#[from] spawner::SpawnerError),
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error(transparent)]
@@ -111,7 +113,7 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd, StartError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Fork the middle process and drive the start path until init reports `Ready`.
+/// Have the spawner clone the middle process, and drive the start path until init reports `Ready`.
 /// `child_channel` must already sit above every fd number the payload will use.
 /// `join_cgroups` runs right after the fork, while the middle process creates its
 /// namespaces: it creates the sandbox's cgroup(s) and returns their `cgroup.procs` fds,
@@ -132,17 +134,12 @@ pub fn start(
     join_cgroups: &mut dyn FnMut() -> Result<Vec<RawFd>, StartError>,
     init_started: &mut dyn FnMut(i32, BorrowedFd<'_>, &[RawFd]),
 ) -> Result<Started, StartError> {
-    let child_fd = child_channel.as_raw_fd();
-    // SAFETY: glibc's fork; the child runs only `middle_main`, which never returns and
-    // avoids std's locks (see process/init.rs).
-    let middle = match unsafe { nix::unistd::fork() } {
-        Err(e) => return Err(StartError::Fork(e)),
-        Ok(nix::unistd::ForkResult::Child) => {
-            // SAFETY: closing the parent's end in the child; the number is ours.
-            unsafe { libc::close(parent.raw_fd()) };
-            middle_main(plan, child_fd)
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+    // The spawner clones the middle process (a child of ours) with its own copy of the
+    // child's end; it never gets `parent`.
+    let middle = match spawner::clone_middle(plan, child_channel.as_raw_fd()) {
+        Ok(pid) => pid,
+        Err(spawner::SpawnerError::Clone(errno)) => return Err(StartError::Fork(errno)),
+        Err(e) => return Err(e.into()),
     };
     let forked_ns = monotonic_ns();
     // Our copy of the child's end must go, or EOF would never come.

@@ -35,6 +35,26 @@ impl std::fmt::Debug for BpfProgram {
     }
 }
 
+/// As `(code, jt, jf, k)` tuples: plans cross to the spawner process (process/spawner.rs)
+/// and `libc::sock_filter` has no serde.
+impl serde::Serialize for BpfProgram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|f| (f.code, f.jt, f.jf, f.k)))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BpfProgram {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let insns: Vec<(u16, u8, u8, u32)> = serde::Deserialize::deserialize(d)?;
+        Ok(Self(
+            insns
+                .into_iter()
+                .map(|(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+                .collect(),
+        ))
+    }
+}
+
 impl BpfProgram {
     fn from_insns(insns: &[merge::Insn]) -> Self {
         let filters: Vec<libc::sock_filter> = insns
