@@ -163,8 +163,10 @@ pub fn clone_middle(plan: &ChildPlan, channel: RawFd) -> Result<i32, SpawnerErro
                 Err(SpawnerError::Clone(nix::errno::Errno::from_raw(errno)))
             }
             None => {
-                // Died during the request: whether a middle process exists is unknown;
-                // the caller sees it on the channel (EOF when none does).
+                // Died during the request (killed within a clone's fraction of a
+                // millisecond): a middle process may exist. It gets no `Go` (the caller
+                // drops the channel on this error) and exits; its pid never arrived, so
+                // it stays a zombie of the runtime until the runtime exits.
                 retire(conn);
                 Err(SpawnerError::Protocol)
             }
