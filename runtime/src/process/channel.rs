@@ -25,10 +25,14 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// Room for the next message on `fd`, sized by peeking at it (`flags` add e.g.
 /// MSG_DONTWAIT), at most [`MAX_MESSAGE`] (a longer one is cut and fails to decode).
 /// Not a fixed 64 KiB buffer: zeroing that wrote 16 pages per message, and a large
-/// allocation makes glibc consolidate its free lists, touching chunks all over the heap;
-/// while forked sandbox processes share the runtime's heap, each page written is a
-/// copy-on-write fault.
+/// allocation makes glibc consolidate its free lists, touching chunks all over the heap.
 fn receive_buffer(fd: RawFd, flags: libc::c_int) -> Result<Vec<u8>, nix::errno::Errno> {
+    let n = datagram_len(fd, flags)?;
+    Ok(Vec::with_capacity(n.clamp(1, MAX_MESSAGE)))
+}
+
+/// The length of the next datagram on `fd`, without taking it off the queue.
+pub fn datagram_len(fd: RawFd, flags: libc::c_int) -> Result<usize, nix::errno::Errno> {
     loop {
         // SAFETY: a zero-length peek; MSG_TRUNC makes recv return the datagram's length.
         let n = unsafe {
@@ -40,7 +44,7 @@ fn receive_buffer(fd: RawFd, flags: libc::c_int) -> Result<Vec<u8>, nix::errno::
             )
         };
         if n >= 0 {
-            return Ok(Vec::with_capacity((n as usize).clamp(1, MAX_MESSAGE)));
+            return Ok(n as usize);
         }
         let errno = nix::errno::Errno::last();
         if errno != nix::errno::Errno::EINTR {

@@ -25,7 +25,7 @@ pub const FORWARDED_SIGNALS: &[libc::c_int] = &[
     libc::SIGUSR2,
 ];
 
-fn exit(code: i32) -> ! {
+pub(super) fn exit(code: i32) -> ! {
     // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent.
     unsafe { libc::_exit(code) }
 }
@@ -641,34 +641,8 @@ fn init_loop(channel: RawFd, payload_pid: Option<i32>, set: &libc::sigset_t) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::tests::{hardening, payload};
     use crate::syscall::{Call, RecordingSyscall};
-    use std::ffi::CString;
-
-    fn hardening() -> Hardening {
-        Hardening {
-            uid: 1000,
-            gid: 1000,
-            setgroups: true,
-            drop_caps: true,
-            last_cap: 40,
-            no_new_privs: true,
-            landlock: None,
-            seccomp: Some(crate::seccomp::default_program()),
-        }
-    }
-
-    fn payload() -> PayloadPlan {
-        PayloadPlan {
-            candidates: vec![CString::new("/bin/true").unwrap()],
-            argv: vec![CString::new("true").unwrap()],
-            envp: vec![],
-            cwd: CString::new("/workdir").unwrap(),
-            rlimits: crate::spec::Limits::default().rlimits,
-            fd_moves: vec![(10, 0), (11, 3)],
-            close_ranges: super::super::close_ranges(&[0, 1, 2, 3, 9]),
-            profile: false,
-        }
-    }
 
     #[test]
     fn payload_steps_run_in_the_documented_order() {

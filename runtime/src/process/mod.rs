@@ -111,24 +111,43 @@ pub fn close_ranges(keep: &[RawFd]) -> Vec<(u32, u32)> {
 pub(crate) mod tests {
     use super::*;
 
-    /// A plan with every kind of field filled in (for encoding round trips).
-    pub(crate) fn sample_plan() -> ChildPlan {
-        let spec = crate::spec::SandboxSpec::builder()
-            .with_command(["/usr/bin/python3", "-c", "print(1)"])
-            .build()
-            .unwrap();
-        let hardening = Hardening {
+    /// The hardening of the unit tests' plans.
+    pub(crate) fn hardening() -> Hardening {
+        Hardening {
             uid: 1000,
             gid: 1000,
             setgroups: true,
             drop_caps: true,
             last_cap: 40,
             no_new_privs: true,
-            landlock: crate::landlock::LandlockPlan::for_spec(&spec, 7)
-                .as_ref()
-                .map(crate::landlock::LandlockPlan::prepare),
+            landlock: None,
             seccomp: Some(crate::seccomp::default_program()),
-        };
+        }
+    }
+
+    /// The payload of the unit tests' plans.
+    pub(crate) fn payload() -> PayloadPlan {
+        PayloadPlan {
+            candidates: vec![c"/bin/true".into()],
+            argv: vec![c"true".into()],
+            envp: vec![],
+            cwd: c"/workdir".into(),
+            rlimits: crate::spec::Limits::default().rlimits,
+            fd_moves: vec![(10, 0), (11, 3)],
+            close_ranges: close_ranges(&[0, 1, 2, 3, 9]),
+            profile: false,
+        }
+    }
+
+    /// A plan with every kind of field filled in (for encoding round trips).
+    pub(crate) fn sample_plan() -> ChildPlan {
+        let spec = crate::spec::SandboxSpec::builder()
+            .with_command(["/usr/bin/python3", "-c", "print(1)"])
+            .build()
+            .unwrap();
+        let landlock = crate::landlock::LandlockPlan::for_spec(&spec, 7)
+            .as_ref()
+            .map(crate::landlock::LandlockPlan::prepare);
         ChildPlan {
             unshare_flags: libc::CLONE_NEWNS | libc::CLONE_NEWPID,
             userns: true,
@@ -139,20 +158,14 @@ pub(crate) mod tests {
             hostname: b"sandbox".to_vec(),
             loopback: true,
             payload: Some(PayloadPlan {
-                candidates: vec![c"/usr/bin/python3".into()],
-                argv: vec![c"python3".into(), c"-c".into()],
                 envp: vec![c"PATH=/usr/bin".into()],
-                cwd: c"/".into(),
-                rlimits: spec.limits.rlimits.clone(),
-                fd_moves: vec![(12, 1)],
-                close_ranges: close_ranges(&[0, 1, 2, 11]),
-                profile: false,
+                ..payload()
             }),
-            payload_hardening: hardening.clone(),
-            init_hardening: Hardening {
-                landlock: None,
-                ..hardening
+            payload_hardening: Hardening {
+                landlock,
+                ..hardening()
             },
+            init_hardening: hardening(),
             seccomp_in_init: Some(crate::seccomp::default_program()),
             die_with_parent: false,
             profile: false,

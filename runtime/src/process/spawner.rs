@@ -21,14 +21,16 @@
 //! is the middle process's pid or the clone's errno. Requests are serialized by a mutex:
 //! a clone takes well under a millisecond.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
 use super::ChildPlan;
-use super::init::middle_main;
+use super::channel::{Channel, datagram_len};
+use super::init::{SETUP_FAILED, exit, middle_main};
+use super::start::waitpid_blocking;
 
 /// Errors talking to the spawner.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,10 @@ pub enum SpawnerError {
     Io(nix::errno::Errno),
     #[error("the spawner process exited or sent a malformed reply")]
     Protocol,
+    #[error(
+        "the spawner process could not decode a sandbox plan (the runtime and its spawner disagree: a dsbox bug, please report it)"
+    )]
+    Rejected,
     #[error("cannot encode the sandbox plan for the spawner: {0}")]
     Encode(postcard::Error),
     #[error(
@@ -78,8 +84,14 @@ struct Request {
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 enum Reply {
-    Started { pid: i32 },
-    Failed { errno: i32 },
+    Started {
+        pid: i32,
+    },
+    Failed {
+        errno: i32,
+    },
+    /// The request did not decode (or its fd count did not match).
+    Rejected,
 }
 
 /// A running spawner, as the runtime sees it.
@@ -162,6 +174,10 @@ pub fn clone_middle(plan: &ChildPlan, channel: RawFd) -> Result<i32, SpawnerErro
                 state.spawner = Some(conn);
                 Err(SpawnerError::Clone(nix::errno::Errno::from_raw(errno)))
             }
+            Some(Reply::Rejected) => {
+                state.spawner = Some(conn);
+                Err(SpawnerError::Rejected)
+            }
             None => {
                 // Died during the request (killed within a clone's fraction of a
                 // millisecond): a middle process may exist. It gets no `Go` (the caller
@@ -212,11 +228,9 @@ fn fd_slots(plan: &ChildPlan, channel: RawFd) -> Vec<FdSlot> {
 
 /// Kill and reap a spawner that is gone or misbehaved.
 fn retire(conn: Connection) {
-    // SAFETY: kill and waitpid on our own child.
-    unsafe {
-        libc::kill(conn.pid, libc::SIGKILL);
-        libc::waitpid(conn.pid, std::ptr::null_mut(), libc::__WALL);
-    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(conn.pid, libc::SIGKILL) };
+    waitpid_blocking(conn.pid);
 }
 
 fn start_parent_thread() -> Result<Sender<StartReply>, SpawnerError> {
@@ -252,24 +266,9 @@ fn block_all_signals() {
 }
 
 fn fork_spawner() -> Result<Connection, SpawnerError> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds is a valid 2-element array for socketpair to fill.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(SpawnerError::Start(format!(
-            "socketpair: {}",
-            nix::errno::Errno::last()
-        )));
-    }
-    // SAFETY: socketpair returned two new fds that nothing else owns.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (ours, theirs) = Channel::pair()
+        .map_err(|e| SpawnerError::Start(e.to_string()))
+        .map(|(a, b)| (a.into_fd(), b.into_fd()))?;
     // SAFETY: std::process::id reads no lock.
     let runtime_pid = std::process::id() as i32;
     // SAFETY: glibc's fork; the child runs only `spawner_main`, which never returns and
@@ -285,11 +284,6 @@ fn fork_spawner() -> Result<Connection, SpawnerError> {
             })
         }
     }
-}
-
-fn exit(code: i32) -> ! {
-    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the runtime.
-    unsafe { libc::_exit(code) }
 }
 
 /// The spawner's loop: one request in, one clone, one reply out, until the runtime's end
@@ -324,9 +318,7 @@ fn spawner_main(sock: RawFd, runtime_pid: i32) -> ! {
             Ok(request) if request.fds.len() == received.len() => {
                 clone_one(&request, &received, sock)
             }
-            _ => Reply::Failed {
-                errno: libc::EPROTO,
-            },
+            _ => Reply::Rejected,
         };
         for fd in received {
             // SAFETY: fds received with this message; ours to close.
@@ -379,7 +371,7 @@ fn place_fds(slots: &[FdSlot], received: &[RawFd], sock: RawFd) {
         // SAFETY: F_DUPFD_CLOEXEC on an fd we hold; the result is ours.
         let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
         if h < 0 {
-            exit(super::init::SETUP_FAILED);
+            exit(SETUP_FAILED);
         }
         high.push(h);
     }
@@ -395,7 +387,7 @@ fn place_fds(slots: &[FdSlot], received: &[RawFd], sock: RawFd) {
         // SAFETY: dup3 onto a free number below `floor`, then close the temporary.
         unsafe {
             if libc::dup3(h, slot.number, flags) < 0 {
-                exit(super::init::SETUP_FAILED);
+                exit(SETUP_FAILED);
             }
             libc::close(h);
         }
@@ -423,24 +415,7 @@ type Datagram = (Vec<u8>, Vec<RawFd>);
 /// Receive one datagram and the fds attached to it; `Ok(None)` at EOF.
 fn recv_message(sock: RawFd, flags: libc::c_int) -> Result<Option<Datagram>, nix::errno::Errno> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let len = loop {
-        // SAFETY: a zero-length peek; MSG_TRUNC makes recv return the datagram's length.
-        let n = unsafe {
-            libc::recv(
-                sock,
-                std::ptr::null_mut(),
-                0,
-                libc::MSG_PEEK | libc::MSG_TRUNC,
-            )
-        };
-        if n >= 0 {
-            break n as usize;
-        }
-        let errno = nix::errno::Errno::last();
-        if errno != nix::errno::Errno::EINTR {
-            return Err(errno);
-        }
-    };
+    let len = datagram_len(sock, 0)?;
     let mut buf = vec![0u8; len.max(1)];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     loop {
@@ -474,6 +449,31 @@ fn recv_message(sock: RawFd, flags: libc::c_int) -> Result<Option<Datagram>, nix
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_that_does_not_decode_is_rejected_and_the_spawner_serves_on() {
+        let conn = fork_spawner().unwrap();
+        let sock = conn.sock.as_raw_fd();
+        let reply = |bytes: &[u8]| {
+            send_with_fds(sock, bytes, &[]).unwrap();
+            let (bytes, fds) = recv_message(sock, 0).unwrap().expect("a reply");
+            assert!(fds.is_empty());
+            postcard::from_bytes::<Reply>(&bytes).unwrap()
+        };
+        assert_eq!(reply(b"not a plan"), Reply::Rejected);
+        // A valid plan whose fd list promises an fd that was not attached.
+        let bytes = postcard::to_stdvec(&RequestRef {
+            plan: &crate::process::tests::sample_plan(),
+            channel: 9,
+            fds: &[FdSlot {
+                number: 9,
+                cloexec: true,
+            }],
+        })
+        .unwrap();
+        assert_eq!(reply(&bytes), Reply::Rejected);
+        retire(conn);
+    }
 
     #[test]
     fn a_request_decodes_as_it_was_encoded_by_reference() {
