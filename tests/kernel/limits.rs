@@ -117,25 +117,11 @@ async fn a_segfault_in_a_cell_gives_a_clear_error_and_a_fresh_kernel() {
 async fn an_output_flood_is_capped_and_the_runtime_memory_stays_bounded() {
     // Peak RSS is per process: measured beside other tests of this binary it would count
     // their memory too, so the measuring run is a process of its own (this test again).
-    const ALONE: &str = "DSBOX_TEST_OUTPUT_FLOOD_ALONE";
-    if std::env::var_os(ALONE).is_none() {
-        let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "limits::an_output_flood_is_capped_and_the_runtime_memory_stays_bounded",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env(ALONE, "1")
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "the measuring run failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    // (Blocking here is fine: nothing else runs on this test's runtime yet.)
+    if dsbox_tests::rerun_alone(
+        "limits::an_output_flood_is_capped_and_the_runtime_memory_stays_bounded",
+        "DSBOX_TEST_OUTPUT_FLOOD_ALONE",
+    ) {
         return;
     }
     let mut k = kernel().await;

@@ -377,24 +377,10 @@ fn status_field(pid: i32, field: &str) -> Option<String> {
 #[test]
 fn the_spawner_holds_no_runtime_fd_keeps_the_runtime_the_parent_and_is_replaced() {
     require_root();
-    const ALONE: &str = "DSBOX_TEST_SPAWNER_ALONE";
-    if std::env::var_os(ALONE).is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "the_spawner_holds_no_runtime_fd_keeps_the_runtime_the_parent_and_is_replaced",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env(ALONE, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "the run alone failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if dsbox_tests::rerun_alone(
+        "the_spawner_holds_no_runtime_fd_keeps_the_runtime_the_parent_and_is_replaced",
+        "DSBOX_TEST_SPAWNER_ALONE",
+    ) {
         return;
     }
     // Open before the spawner exists, without CLOEXEC: a fork inherits it.

@@ -42,6 +42,29 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// For a test that must be the only one in its process (it measures the process, or
+/// kills something the process shares): the first call, from the harness, runs the test
+/// binary again with only `test` (its full path, e.g. `limits::name`) and `marker` set in
+/// the environment, asserts that run passed, and returns true: the caller returns. In
+/// that run the call returns false and the caller goes on with the test.
+pub fn rerun_alone(test: &str, marker: &str) -> bool {
+    if std::env::var_os(marker).is_some() {
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args(["--exact", test, "--test-threads=1", "--nocapture"])
+        .env(marker, "1")
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test}, run alone, failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
 /// Where the probe appears inside sandboxes.
 pub const PROBE_INSIDE: &str = "/probe";
 
