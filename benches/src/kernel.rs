@@ -15,7 +15,9 @@
 //!   one answering `1+1`.
 //! * **P6** sustained create (a sandbox whose kernel is ready) + destroy for N cycles,
 //!   `1+1` in every 100th (or every one with `cell_every_cycle`), then a leak check:
-//!   mounts, cgroups, the runtime's fds, processes, state records.
+//!   mounts, cgroups, the runtime's fds, processes, state records; baseline, just before
+//!   and just after: the floor no sandbox can go under, the same interpreter with the
+//!   same preload forking children that exit at once (in one sandbox of the same rootfs).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -217,6 +219,25 @@ fn proc_stat(pid: i32) -> [u64; 8] {
     std::array::from_fn(|i| f.get(i).copied().unwrap_or(0))
 }
 
+/// P6's baseline: fork + exit + reap of the zygote's interpreter (same rootfs, same
+/// preload, frozen GC, `concurrency` children in flight), each child exiting at once.
+/// What every kernel costs before any sandboxing: copying the page tables of the
+/// preloaded interpreter at fork and tearing them down at exit.
+#[derive(Debug, Clone, Serialize)]
+pub struct BareFork {
+    /// "before" or "after" P6's cycles (this VM's speed drifts within minutes).
+    pub when: &'static str,
+    pub forks: usize,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub rate_per_s: f64,
+    /// CPU (user + system) per fork, in the forking parent and in its children.
+    pub parent_cpu_ms: f64,
+    pub children_cpu_ms: f64,
+    pub parent_faults: f64,
+    pub children_faults: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct P6 {
     pub cycles: usize,
@@ -232,6 +253,12 @@ pub struct P6 {
     pub cycle: Stats,
     pub cell_every_cycle: bool,
     pub cpu_per_cycle: CpuPerCycle,
+    /// The bare-fork floor measured just before and just after the cycles.
+    pub baseline_bare_fork: Vec<BareFork>,
+    /// Why a baseline run failed, if one did (P6 itself is still reported).
+    pub baseline_error: Option<String>,
+    /// P6's rate / the bare-fork rate (the mean of the runs before and after).
+    pub share_of_bare_fork_rate: Option<f64>,
     pub before: LeakCounts,
     pub after: LeakCounts,
     pub leak_free: bool,
@@ -352,7 +379,7 @@ async fn run_async(rootfs: &Rootfs, cfg: &KernelBenchConfig) -> Result<KernelBen
         None
     };
     let p6 = if wants(cfg, "p6") {
-        Some(p6(&cold, cfg).await?)
+        Some(p6(&cold, &base, cfg).await?)
     } else {
         None
     };
@@ -614,16 +641,25 @@ kc.stop_channels()
 km.shutdown_kernel(now=True)
 "#;
 
-fn jupyter_baseline(config: &TemplateConfig, n: usize) -> Result<(f64, Vec<f64>)> {
+/// Run `script` with the rootfs's python in a sandbox like the kernels' and return the
+/// last JSON line it prints; `hint` says what a missing result may mean.
+fn script_in_sandbox(
+    config: &TemplateConfig,
+    script: &str,
+    args: &[String],
+    timeout: Duration,
+    what: &str,
+    hint: &str,
+) -> Result<serde_json::Value> {
     let mut spec = config.shell_spec();
-    spec.process = Some(ProcessSpec::new([
+    let mut argv = vec![
         config.rootfs.python.display().to_string(),
         "-c".to_owned(),
-        JUPYTER_SCRIPT.to_owned(),
-        n.to_string(),
-        "50".to_owned(),
-    ]));
-    spec.limits.timeout = Some(Duration::from_secs(600));
+        script.to_owned(),
+    ];
+    argv.extend(args.iter().cloned());
+    spec.process = Some(ProcessSpec::new(argv));
+    spec.limits.timeout = Some(timeout);
     let (mut r, w) = std::io::pipe()?;
     let (er, ew) = std::io::pipe()?;
     let mut sb = Sandbox::spawn(
@@ -649,23 +685,106 @@ fn jupyter_baseline(config: &TemplateConfig, n: usize) -> Result<(f64, Vec<f64>)
     sb.destroy()?;
     let out = reader.join().unwrap_or_default();
     let err = ereader.join().unwrap_or_default();
-    let parsed: serde_json::Value = out
-        .lines()
+    out.lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .ok_or_else(|| {
             KernelBenchError::Baseline(format!(
-                "the Jupyter baseline exited with {} without a result (does the rootfs hold jupyter_client and ipykernel? use the `bench` profile); its stderr: {}",
+                "{what} exited with {} without a result{hint}; its stderr: {}",
                 report.code(),
                 err.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
             ))
-        })?;
+        })
+}
+
+fn jupyter_baseline(config: &TemplateConfig, n: usize) -> Result<(f64, Vec<f64>)> {
+    let parsed = script_in_sandbox(
+        config,
+        JUPYTER_SCRIPT,
+        &[n.to_string(), "50".to_owned()],
+        Duration::from_secs(600),
+        "the Jupyter baseline",
+        " (does the rootfs hold jupyter_client and ipykernel? use the `bench` profile)",
+    )?;
     let start = parsed["start_ms"].as_f64().unwrap_or(0.0);
     let rts = parsed["roundtrip_ms"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
         .unwrap_or_default();
     Ok((start, rts))
+}
+
+/// P6's floor: the zygote's interpreter (thread pins and pyarrow's jemalloc option as the
+/// zygote sets them, the same preload, frozen GC) forking children that exit at once,
+/// `width` in flight; prints CPU and faults of the parent and of the children.
+const BARE_FORK_SCRIPT: &str = r#"
+import os, sys
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[var] = "1"
+os.environ["JE_ARROW_MALLOC_CONF"] = "background_thread:false"
+import gc, importlib, json, resource, time
+n, width = int(sys.argv[1]), int(sys.argv[2])
+for name in sys.argv[3:]:
+    importlib.import_module(name)
+gc.collect()
+gc.freeze()
+gc.disable()
+def usage():
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime,
+            me.ru_minflt, kids.ru_minflt)
+u0 = usage()
+t0 = time.perf_counter()
+live = 0
+for _ in range(n):
+    if live >= width:
+        os.wait()
+        live -= 1
+    if os.fork() == 0:
+        os._exit(0)
+    live += 1
+while live:
+    os.wait()
+    live -= 1
+seconds = time.perf_counter() - t0
+u1 = usage()
+print(json.dumps({"seconds": seconds, "parent_cpu_s": u1[0] - u0[0],
+                  "children_cpu_s": u1[1] - u0[1], "parent_faults": u1[2] - u0[2],
+                  "children_faults": u1[3] - u0[3]}))
+"#;
+
+fn bare_fork_baseline(
+    config: &TemplateConfig,
+    forks: usize,
+    width: usize,
+    when: &'static str,
+) -> Result<BareFork> {
+    let mut args = vec![forks.to_string(), width.to_string()];
+    args.extend(config.preload.iter().cloned());
+    let v = script_in_sandbox(
+        config,
+        BARE_FORK_SCRIPT,
+        &args,
+        Duration::from_secs(600),
+        "the bare-fork baseline",
+        "",
+    )?;
+    let field = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let n = forks.max(1) as f64;
+    let seconds = field("seconds");
+    Ok(BareFork {
+        when,
+        forks,
+        concurrency: width,
+        seconds,
+        rate_per_s: forks as f64 / seconds.max(1e-9),
+        parent_cpu_ms: field("parent_cpu_s") * 1e3 / n,
+        children_cpu_ms: field("children_cpu_s") * 1e3 / n,
+        parent_faults: field("parent_faults") / n,
+        children_faults: field("children_faults") / n,
+    })
 }
 
 async fn p3(t: &Template, config: &TemplateConfig, cfg: &KernelBenchConfig) -> Result<P3> {
@@ -930,7 +1049,28 @@ async fn settle(limit: Duration) -> (Duration, bool) {
     (start.elapsed(), false)
 }
 
-async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
+/// Bare forks per baseline run: enough for a steady rate, a few seconds at most.
+const BARE_FORKS: usize = 2000;
+
+async fn bare_fork_run(
+    config: &TemplateConfig,
+    cfg: &KernelBenchConfig,
+    when: &'static str,
+) -> Result<BareFork> {
+    let (c, width) = (config.clone(), cfg.concurrency.max(1));
+    let forks = cfg.cycles.clamp(100, BARE_FORKS);
+    tokio::task::spawn_blocking(move || bare_fork_baseline(&c, forks, width, when))
+        .await
+        .map_err(|e| KernelBenchError::Baseline(e.to_string()))?
+}
+
+async fn p6(t: &Template, config: &TemplateConfig, cfg: &KernelBenchConfig) -> Result<P6> {
+    let mut baseline_bare_fork = Vec::new();
+    let mut baseline_error = None;
+    match bare_fork_run(config, cfg, "before").await {
+        Ok(b) => baseline_bare_fork.push(b),
+        Err(e) => baseline_error = Some(e.to_string()),
+    }
     let (settle_time, settled) = settle(Duration::from_secs(30)).await;
     let before = leak_counts(t).await;
     let workers = cfg.concurrency.max(1);
@@ -999,6 +1139,17 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
     }
     let leak_free = after == before;
     let rate = cycles as f64 / seconds.max(1e-9);
+    if baseline_error.is_none() {
+        match bare_fork_run(config, cfg, "after").await {
+            Ok(b) => baseline_bare_fork.push(b),
+            Err(e) => baseline_error = Some(e.to_string()),
+        }
+    }
+    let share_of_bare_fork_rate = (!baseline_bare_fork.is_empty()).then(|| {
+        let mean = baseline_bare_fork.iter().map(|b| b.rate_per_s).sum::<f64>()
+            / baseline_bare_fork.len() as f64;
+        rate / mean.max(1e-9)
+    });
     Ok(P6 {
         cycles,
         concurrency: workers,
@@ -1009,6 +1160,9 @@ async fn p6(t: &Template, cfg: &KernelBenchConfig) -> Result<P6> {
         cycle: Stats::from_ms(times),
         cell_every_cycle: cfg.cell_every_cycle,
         cpu_per_cycle,
+        baseline_bare_fork,
+        baseline_error,
+        share_of_bare_fork_rate,
         targets: vec![
             Target {
                 description: format!("{rate:.0} create+destroy per second >= 150"),
@@ -1150,6 +1304,24 @@ impl KernelBenchResult {
                 c.zygote_faults,
                 c.kernel_faults
             );
+            for b in &p.baseline_bare_fork {
+                s += &format!(
+                    "  baseline {}: bare fork+exit of the preloaded interpreter, {} at a time: {:.0}/s; CPU per fork: parent {:.2} ms, child {:.2} ms; faults: parent {:.0}, child {:.0}\n",
+                    b.when,
+                    b.concurrency,
+                    b.rate_per_s,
+                    b.parent_cpu_ms,
+                    b.children_cpu_ms,
+                    b.parent_faults,
+                    b.children_faults
+                );
+            }
+            if let Some(share) = p.share_of_bare_fork_rate {
+                s += &format!("  P6 rate / bare-fork rate: {:.0}%\n", share * 100.0);
+            }
+            if let Some(e) = &p.baseline_error {
+                s += &format!("  bare-fork baseline failed: {e}\n");
+            }
             s += &format!(
                 "  leak check before {:?}\n             after  {:?}\n",
                 p.before, p.after

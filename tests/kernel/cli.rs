@@ -258,3 +258,53 @@ fn a_killed_dsbox_leaves_no_sandbox_process_behind() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The README's figures come from `dsbox bench kernel`: a short P6 run reports its rate,
+/// who spent the CPU, the leak check, and the bare-fork floor measured beside it (the
+/// same interpreter forking children that exit at once, which a sandboxed kernel cannot
+/// beat).
+#[test]
+fn dsbox_bench_kernel_p6_reports_rate_cpu_leaks_and_the_bare_fork_floor() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dsbox(
+        &[
+            "bench",
+            "kernel",
+            "--rootfs",
+            "analysis",
+            "--only",
+            "p6",
+            "--cycles",
+            "40",
+            "--concurrency",
+            "4",
+            "--json",
+        ],
+        "",
+        dir.path(),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let result: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let p6 = &result["p6"];
+    assert_eq!(p6["cycles"], 40, "{p6}");
+    assert_eq!(p6["leak_free"], true, "{p6}");
+    assert!(p6["rate_per_s"].as_f64().unwrap() > 0.0, "{p6}");
+    let cpu = &p6["cpu_per_cycle"];
+    assert!(cpu["kernels_ms"].as_f64().unwrap() > 0.0, "{cpu}");
+    assert!(cpu["zygote_faults"].as_f64().unwrap() > 0.0, "{cpu}");
+    assert!(p6["baseline_error"].is_null(), "{p6}");
+    let bare = p6["baseline_bare_fork"].as_array().expect("bare-fork runs");
+    let whens: Vec<&str> = bare.iter().map(|b| b["when"].as_str().unwrap()).collect();
+    assert_eq!(whens, ["before", "after"], "{p6}");
+    for b in bare {
+        assert_eq!(b["forks"], 100, "{b}");
+        assert!(b["rate_per_s"].as_f64().unwrap() > 0.0, "{b}");
+        // Every child of the preloaded interpreter writes some pages it shares.
+        assert!(b["children_faults"].as_f64().unwrap() > 10.0, "{b}");
+        assert!(b["parent_cpu_ms"].as_f64().unwrap() > 0.0, "{b}");
+    }
+    let share = p6["share_of_bare_fork_rate"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "P6 / bare fork = {share}: {p6}");
+}
