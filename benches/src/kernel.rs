@@ -222,7 +222,9 @@ fn proc_stat(pid: i32) -> [u64; 8] {
 /// P6's baseline: fork + exit + reap of the zygote's interpreter (same rootfs, same
 /// preload, frozen GC, `concurrency` children in flight), each child exiting at once.
 /// What every kernel costs before any sandboxing: copying the page tables of the
-/// preloaded interpreter at fork and tearing them down at exit.
+/// preloaded interpreter at fork and tearing them down at exit. Python's at-fork
+/// callbacks run in full here (the zygote trims `threading`'s and `logging`'s), so a bare
+/// child writes ~200 pages more than it would as a zygote child: a slightly high floor.
 #[derive(Debug, Clone, Serialize)]
 pub struct BareFork {
     /// "before" or "after" P6's cycles (this VM's speed drifts within minutes).
