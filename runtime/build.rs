@@ -1,5 +1,5 @@
 //! Compiles runtime/seccomp/default.json with seccompiler's JSON front end, so a bad
-//! policy fails the build, and writes the merged BPF program to $OUT_DIR.
+//! policy fails the build, and writes the merged, optimised BPF program to $OUT_DIR.
 
 #[path = "src/seccomp/merge.rs"]
 #[allow(dead_code)]
@@ -71,7 +71,7 @@ fn main() {
                 .collect()
         })
         .collect();
-    let merged = merge::merge(&programs, arch == "x86_64");
+    let merged = merge::optimize(&merge::merge(&programs, arch == "x86_64"));
     assert!(
         merged.len() <= merge::BPF_MAXINSNS,
         "{policy}: merged program has {} instructions (kernel limit {})",

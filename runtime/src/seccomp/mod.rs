@@ -119,6 +119,12 @@ pub fn compile_file(path: &Path) -> Result<BpfProgram, SeccompError> {
 }
 
 fn compile_json(text: &[u8], path: &Path) -> Result<BpfProgram, SeccompError> {
+    let merged = merge::optimize(&compile_unoptimized(text, path)?);
+    Ok(BpfProgram::from_insns(&merged))
+}
+
+/// seccompiler's programs for every filter of the policy, chained (see `merge`).
+fn compile_unoptimized(text: &[u8], path: &Path) -> Result<Vec<merge::Insn>, SeccompError> {
     let arch: seccompiler::TargetArch =
         std::env::consts::ARCH
             .try_into()
@@ -150,7 +156,7 @@ fn compile_json(text: &[u8], path: &Path) -> Result<BpfProgram, SeccompError> {
     if programs.is_empty() || merged.len() > merge::BPF_MAXINSNS {
         return Err(SeccompError::Size { path: path.into() });
     }
-    Ok(BpfProgram::from_insns(&merged))
+    Ok(merged)
 }
 
 /// Does this kernel support seccomp filters with the errno action?
@@ -350,5 +356,140 @@ mod tests {
             .unwrap();
         assert_eq!(b.len(), p.instructions().len() * 8);
         assert_eq!(&b[..], DEFAULT_BPF);
+    }
+
+    /// Every decision of `b` equals `a`'s over syscall numbers (native, x32, out of
+    /// range) and architectures; and, for the numbers either program names (and a few
+    /// others), over arguments: each single bit, all bits, and every constant either
+    /// program compares with, in each argument slot.
+    fn assert_same_decisions(a: &[merge::Insn], b: &[merge::Insn]) {
+        let (pa, pb) = (BpfProgram::from_insns(a), BpfProgram::from_insns(b));
+        let (ia, ib) = (pa.instructions(), pb.instructions());
+        let mut values: Vec<u64> = vec![0, u64::MAX];
+        values.extend((0..64).map(|bit| 1u64 << bit));
+        for insn in a.iter().chain(b) {
+            let k = u64::from(insn.k);
+            values.extend([k, k << 32, k | 1, k.wrapping_sub(1), !k]);
+        }
+        values.sort_unstable();
+        values.dedup();
+        let mut numbers: Vec<u32> = (0..=470).collect();
+        numbers.extend([0x4000_0000, 0x4000_0038, 0x4000_01b3, 0x7fff_ffff, u32::MAX]);
+        for arch in [X86_64, 0x4000_0003, 0] {
+            for &nr in &numbers {
+                let zero = [0u64; 6];
+                assert_eq!(run_bpf(ia, nr, arch, zero), run_bpf(ib, nr, arch, zero));
+                let named = a.iter().chain(b).any(|i| i.k == nr);
+                if !named && nr % 97 != 0 {
+                    continue;
+                }
+                for slot in 0..6 {
+                    for &v in &values {
+                        let mut args = zero;
+                        args[slot] = v;
+                        assert_eq!(
+                            run_bpf(ia, nr, arch, args),
+                            run_bpf(ib, nr, arch, args),
+                            "nr {nr} arch {arch:#x} arg{slot} = {v:#x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_optimised_default_policy_decides_as_seccompilers_program_at_under_half_the_length() {
+        let policy = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.json"));
+        let unoptimized = compile_unoptimized(&std::fs::read(policy).unwrap(), policy).unwrap();
+        let optimized = merge::optimize(&unoptimized);
+        // build.rs ships the same program.
+        assert_eq!(
+            merge::to_bytes(&optimized),
+            DEFAULT_BPF,
+            "build.rs and the runtime disagree"
+        );
+        assert!(
+            optimized.len() * 2 < unoptimized.len(),
+            "{} -> {} instructions",
+            unoptimized.len(),
+            optimized.len()
+        );
+        assert_same_decisions(&unoptimized, &optimized);
+    }
+
+    #[test]
+    fn optimize_keeps_far_branches_in_range_and_leaves_unknown_programs_alone() {
+        use merge::Insn;
+        let ld = |k| Insn {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let ret = |k| Insn {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let ja = |k| Insn {
+            code: 0x05,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        // 0: ld nr; 1: jeq 7 -> 2 else 3; 2: ja -> 305; 3: ja -> 4; 4..=303: 150
+        // compares the jump cannot skip; 305: the tail (ld nr; jeq 7; ret; ret), which
+        // is 303 instructions from the branch: more than its 8 bits can reach.
+        let mut program = vec![
+            ld(0),
+            Insn {
+                code: 0x15,
+                jt: 0,
+                jf: 1,
+                k: 7,
+            },
+            ja(302),
+            ja(0),
+        ];
+        for n in 0..150 {
+            program.push(ld(0));
+            program.push(Insn {
+                code: 0x15,
+                jt: 0,
+                jf: 0,
+                k: n % 4,
+            });
+        }
+        program.push(ja(0));
+        program.extend([
+            ld(0),
+            Insn {
+                code: 0x15,
+                jt: 0,
+                jf: 1,
+                k: 7,
+            },
+            ret(EPERM_RET),
+            ret(ALLOW),
+        ]);
+        assert_eq!(program.len(), 309);
+        let optimized = merge::optimize(&program);
+        assert!(optimized.len() < program.len());
+        assert!(
+            optimized.iter().any(|i| i.code == 0x05),
+            "the far jump stays a trampoline: {optimized:?}"
+        );
+        assert_same_decisions(&program, &optimized);
+        // An instruction it does not know (BPF_MISC TAX): unchanged.
+        let mut unknown = program.clone();
+        unknown[0] = Insn {
+            code: 0x07,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        };
+        assert_eq!(merge::optimize(&unknown), unknown);
     }
 }
