@@ -183,9 +183,8 @@ fn decode(program: &[Insn]) -> Option<Vec<Node>> {
 ///
 /// seccompiler's output is verbose: a `ja` trampoline around every rule, and for each
 /// argument check a load of the high half masked with 0 and compared with 0. The kernel
-/// converts and JIT-compiles every instruction each time a filter is installed (~240 µs
-/// for the 374 of the default policy, twice per sandbox with a kernel), and a syscall
-/// runs through the whole chain. Three rewrites, repeated until none applies:
+/// converts and JIT-compiles every instruction each time a filter is installed (twice
+/// per sandbox with a kernel), and a syscall runs through the whole chain. Three rewrites, repeated until none applies:
 /// * a compare with 0 right after `and 0` always holds: it becomes a jump;
 /// * a load or `and` whose result nothing reads is dropped;
 /// * a jump to a jump goes to the end of the chain (a conditional one only while the
@@ -197,6 +196,9 @@ pub fn optimize(program: &[Insn]) -> Vec<Insn> {
     let Some(mut nodes) = decode(program) else {
         return program.to_vec();
     };
+    if nodes.is_empty() {
+        return Vec::new();
+    }
     let len = nodes.len();
     loop {
         let before = nodes.clone();
@@ -287,7 +289,7 @@ pub fn optimize(program: &[Insn]) -> Vec<Insn> {
     }
     // Keep what is reachable from the start, minus jumps to the next kept instruction.
     let mut reachable = vec![false; len];
-    reachable[0] = len > 0;
+    reachable[0] = true;
     for at in 0..len {
         if reachable[at] {
             for t in nodes[at].targets(at).into_iter().flatten() {

@@ -421,59 +421,28 @@ mod tests {
     #[test]
     fn optimize_keeps_far_branches_in_range_and_leaves_unknown_programs_alone() {
         use merge::Insn;
-        let ld = |k| Insn {
-            code: 0x20,
+        let op = |code, k| Insn {
+            code,
             jt: 0,
             jf: 0,
             k,
         };
-        let ret = |k| Insn {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k,
-        };
-        let ja = |k| Insn {
-            code: 0x05,
-            jt: 0,
-            jf: 0,
+        let (ld, ret, ja) = (|k| op(0x20, k), |k| op(0x06, k), |k| op(0x05, k));
+        let jeq = |k, jt, jf| Insn {
+            code: 0x15,
+            jt,
+            jf,
             k,
         };
         // 0: ld nr; 1: jeq 7 -> 2 else 3; 2: ja -> 305; 3: ja -> 4; 4..=303: 150
-        // compares the jump cannot skip; 305: the tail (ld nr; jeq 7; ret; ret), which
-        // is 303 instructions from the branch: more than its 8 bits can reach.
-        let mut program = vec![
-            ld(0),
-            Insn {
-                code: 0x15,
-                jt: 0,
-                jf: 1,
-                k: 7,
-            },
-            ja(302),
-            ja(0),
-        ];
+        // compares the jump cannot skip; 304: ja -> 305; 305: the tail (ld nr; jeq 7;
+        // ret; ret), 303 instructions from the branch: more than its 8 bits can reach.
+        let mut program = vec![ld(0), jeq(7, 0, 1), ja(302), ja(0)];
         for n in 0..150 {
-            program.push(ld(0));
-            program.push(Insn {
-                code: 0x15,
-                jt: 0,
-                jf: 0,
-                k: n % 4,
-            });
+            program.extend([ld(0), jeq(n % 4, 0, 0)]);
         }
         program.push(ja(0));
-        program.extend([
-            ld(0),
-            Insn {
-                code: 0x15,
-                jt: 0,
-                jf: 1,
-                k: 7,
-            },
-            ret(EPERM_RET),
-            ret(ALLOW),
-        ]);
+        program.extend([ld(0), jeq(7, 0, 1), ret(EPERM_RET), ret(ALLOW)]);
         assert_eq!(program.len(), 309);
         let optimized = merge::optimize(&program);
         assert!(optimized.len() < program.len());
@@ -484,12 +453,8 @@ mod tests {
         assert_same_decisions(&program, &optimized);
         // An instruction it does not know (BPF_MISC TAX): unchanged.
         let mut unknown = program.clone();
-        unknown[0] = Insn {
-            code: 0x07,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        };
+        unknown[0] = op(0x07, 0);
         assert_eq!(merge::optimize(&unknown), unknown);
+        assert_eq!(merge::optimize(&[]), Vec::<Insn>::new());
     }
 }
