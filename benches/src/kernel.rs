@@ -773,19 +773,29 @@ fn bare_fork_baseline(
         "the bare-fork baseline",
         "",
     )?;
-    let field = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    // A field missing or a zero duration would make a rate out of nothing: refuse it.
+    let field = |k: &str| {
+        v[k].as_f64().ok_or_else(|| {
+            KernelBenchError::Baseline(format!("the bare-fork baseline printed no `{k}`: {v}"))
+        })
+    };
     let n = forks.max(1) as f64;
-    let seconds = field("seconds");
+    let seconds = field("seconds")?;
+    if seconds <= 0.0 {
+        return Err(KernelBenchError::Baseline(format!(
+            "the bare-fork baseline took {seconds} s for {forks} forks: {v}"
+        )));
+    }
     Ok(BareFork {
         when,
         forks,
         concurrency: width,
         seconds,
-        rate_per_s: forks as f64 / seconds.max(1e-9),
-        parent_cpu_ms: field("parent_cpu_s") * 1e3 / n,
-        children_cpu_ms: field("children_cpu_s") * 1e3 / n,
-        parent_faults: field("parent_faults") / n,
-        children_faults: field("children_faults") / n,
+        rate_per_s: forks as f64 / seconds,
+        parent_cpu_ms: field("parent_cpu_s")? * 1e3 / n,
+        children_cpu_ms: field("children_cpu_s")? * 1e3 / n,
+        parent_faults: field("parent_faults")? / n,
+        children_faults: field("children_faults")? / n,
     })
 }
 
