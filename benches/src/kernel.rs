@@ -219,12 +219,13 @@ fn proc_stat(pid: i32) -> [u64; 8] {
     std::array::from_fn(|i| f.get(i).copied().unwrap_or(0))
 }
 
-/// P6's baseline: fork + exit + reap of the zygote's interpreter (same rootfs, same
-/// preload, frozen GC, `concurrency` children in flight), each child exiting at once.
-/// What every kernel costs before any sandboxing: copying the page tables of the
-/// preloaded interpreter at fork and tearing them down at exit. Python's at-fork
-/// callbacks run in full here (the zygote trims `threading`'s and `logging`'s), so a bare
-/// child writes ~200 pages more than it would as a zygote child: a slightly high floor.
+/// P6's baseline: fork + exit + reap of the zygote's interpreter (same rootfs, set up by
+/// the zygote's own `preloaded_interpreter`, `concurrency` children in flight), each
+/// child exiting at once. What every kernel costs before any sandboxing: copying the
+/// page tables of the preloaded interpreter at fork and tearing them down at exit.
+/// Python's at-fork callbacks run in full here (the zygote trims `threading`'s and
+/// `logging`'s), so a bare child writes ~200 pages more than it would as a zygote child:
+/// a slightly high floor.
 #[derive(Debug, Clone, Serialize)]
 pub struct BareFork {
     /// "before" or "after" P6's cycles (this VM's speed drifts within minutes).
@@ -643,12 +644,14 @@ kc.stop_channels()
 km.shutdown_kernel(now=True)
 "#;
 
-/// Run `script` with the rootfs's python in a sandbox like the kernels' and return the
-/// last JSON line it prints; `hint` says what a missing result may mean.
+/// Run `script` with the rootfs's python in a sandbox like the kernels', `input` on its
+/// stdin, and return the last JSON line it prints; `hint` says what a missing result may
+/// mean.
 fn script_in_sandbox(
     config: &TemplateConfig,
     script: &str,
     args: &[String],
+    input: Vec<u8>,
     timeout: Duration,
     what: &str,
     hint: &str,
@@ -664,10 +667,21 @@ fn script_in_sandbox(
     spec.limits.timeout = Some(timeout);
     let (mut r, w) = std::io::pipe()?;
     let (er, ew) = std::io::pipe()?;
+    let (stdin, writer) = if input.is_empty() {
+        (Stdio::Null, None)
+    } else {
+        // A thread: the input may be larger than a pipe holds.
+        let (ir, mut iw) = std::io::pipe()?;
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = iw.write_all(&input);
+        });
+        (Stdio::Fd(ir.into()), Some(writer))
+    };
     let mut sb = Sandbox::spawn(
         &spec,
         SpawnOptions {
-            stdin: Stdio::Null,
+            stdin,
             stdout: Stdio::Fd(w.into()),
             stderr: Stdio::Fd(ew.into()),
             ..SpawnOptions::default()
@@ -685,6 +699,9 @@ fn script_in_sandbox(
     });
     let report = sb.wait()?;
     sb.destroy()?;
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     let out = reader.join().unwrap_or_default();
     let err = ereader.join().unwrap_or_default();
     out.lines()
@@ -704,6 +721,7 @@ fn jupyter_baseline(config: &TemplateConfig, n: usize) -> Result<(f64, Vec<f64>)
         config,
         JUPYTER_SCRIPT,
         &[n.to_string(), "50".to_owned()],
+        Vec::new(),
         Duration::from_secs(600),
         "the Jupyter baseline",
         " (does the rootfs hold jupyter_client and ipykernel? use the `bench` profile)",
@@ -716,22 +734,23 @@ fn jupyter_baseline(config: &TemplateConfig, n: usize) -> Result<(f64, Vec<f64>)
     Ok((start, rts))
 }
 
-/// P6's floor: the zygote's interpreter (thread pins and pyarrow's jemalloc option as the
-/// zygote sets them, the same preload, frozen GC) forking children that exit at once,
-/// `width` in flight; prints CPU and faults of the parent and of the children.
+/// P6's floor: the zygote's interpreter, set up by the zygote's own code
+/// (`preloaded_interpreter`: thread pins, the kernel's modules and the preload, frozen
+/// GC; the two programs arrive as JSON on stdin, as the zygote receives them on its
+/// socket), forking children that exit at once, `width` in flight; prints CPU and faults
+/// of the parent and of the children.
 const BARE_FORK_SCRIPT: &str = r#"
-import os, sys
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-            "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["JE_ARROW_MALLOC_CONF"] = "background_thread:false"
-import gc, importlib, json, resource, time
+import json, sys, types
+for name, src in json.load(sys.stdin).items():
+    m = types.ModuleType(name)
+    m.__file__ = "<%s>" % name
+    sys.modules[name] = m
+    exec(compile(src, m.__file__, "exec"), m.__dict__)
 n, width = int(sys.argv[1]), int(sys.argv[2])
-for name in sys.argv[3:]:
-    importlib.import_module(name)
-gc.collect()
-gc.freeze()
-gc.disable()
+_, failed = sys.modules["dsbox_zygote"].preloaded_interpreter(sys.argv[3:])
+if failed:
+    sys.exit("preload failed: %r" % (failed,))
+import os, resource, time
 def usage():
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -765,14 +784,29 @@ fn bare_fork_baseline(
 ) -> Result<BareFork> {
     let mut args = vec![forks.to_string(), width.to_string()];
     args.extend(config.preload.iter().cloned());
+    let programs = serde_json::json!({
+        "dsbox_kernel": dsbox_kernel::KERNEL_PY,
+        "dsbox_zygote": dsbox_kernel::ZYGOTE_PY,
+    });
     let v = script_in_sandbox(
         config,
         BARE_FORK_SCRIPT,
         &args,
+        programs.to_string().into_bytes(),
         Duration::from_secs(600),
         "the bare-fork baseline",
         "",
     )?;
+    bare_fork_from(&v, forks, width, when)
+}
+
+/// A [`BareFork`] from what the floor's script printed.
+fn bare_fork_from(
+    v: &serde_json::Value,
+    forks: usize,
+    width: usize,
+    when: &'static str,
+) -> Result<BareFork> {
     // A field missing or a zero duration would make a rate out of nothing: refuse it.
     let field = |k: &str| {
         v[k].as_f64().ok_or_else(|| {
@@ -1341,5 +1375,37 @@ impl KernelBenchResult {
             s += &targets(&p.targets);
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_fork_result_is_per_fork_and_a_missing_field_or_zero_duration_is_an_error() {
+        let printed = serde_json::json!({
+            "seconds": 2.0, "parent_cpu_s": 3.0, "children_cpu_s": 5.0,
+            "parent_faults": 100_000.0, "children_faults": 600_000.0,
+        });
+        let b = bare_fork_from(&printed, 1000, 8, "before").unwrap();
+        assert_eq!((b.when, b.forks, b.concurrency), ("before", 1000, 8));
+        assert_eq!(b.rate_per_s, 500.0);
+        assert_eq!((b.parent_cpu_ms, b.children_cpu_ms), (3.0, 5.0));
+        assert_eq!((b.parent_faults, b.children_faults), (100.0, 600.0));
+
+        let mut missing = printed.clone();
+        missing.as_object_mut().unwrap().remove("children_cpu_s");
+        let e = bare_fork_from(&missing, 1000, 8, "after")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("printed no `children_cpu_s`"), "{e}");
+
+        let mut instant = printed;
+        instant["seconds"] = 0.0.into();
+        let e = bare_fork_from(&instant, 1000, 8, "after")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("took 0 s for 1000 forks"), "{e}");
     }
 }

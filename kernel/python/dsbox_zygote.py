@@ -875,6 +875,20 @@ class Zygote:
             os._exit(0)
 
 
+def preloaded_interpreter(modules):
+    """Make this interpreter what the zygote forks from: BLAS/OpenMP threads pinned, the
+    kernel's modules and `modules` imported, the GC frozen and off. Returns the kernel
+    module and [[name, error], ...] of the imports that failed. `dsbox bench kernel`'s
+    bare-fork floor starts its interpreter with this too."""
+    pin_threads()
+    gc.disable()  # no collections while preloading; children enable it again
+    kernel = sys.modules.get("dsbox_kernel")
+    if kernel is None:
+        import dsbox_kernel as kernel
+    os.environ.setdefault("MPLBACKEND", "module://" + kernel.MPL_BACKEND_MODULE)
+    return kernel, preload(modules, kernel)
+
+
 def main(argv=None):
     """`python dsbox_zygote.py --control-fd N [--preload numpy,pandas]`."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -892,19 +906,13 @@ def main(argv=None):
     if control is None:
         sys.stderr.write("usage: dsbox_zygote.py --control-fd N [--preload a,b]\n")
         return 2
-    pin_threads()
     # A session of its own: terminal signals (^C, ^\, hangup) sent to the runtime's
     # process group never reach the zygote or its kernels (the runtime interrupts them).
     try:
         os.setsid()
     except OSError:
         pass  # already a session or group leader
-    gc.disable()  # no collections while preloading; children enable it again
-    kernel = sys.modules.get("dsbox_kernel")
-    if kernel is None:
-        import dsbox_kernel as kernel
-    os.environ.setdefault("MPLBACKEND", "module://" + kernel.MPL_BACKEND_MODULE)
-    failed = preload(modules, kernel)
+    kernel, failed = preloaded_interpreter(modules)
     zygote = Zygote(control, kernel)
     zygote.run(modules, failed)
     return 0
