@@ -893,6 +893,11 @@ class Kernel:
     # -------------------------------------------------------------- errors
 
     def _emit_exception(self, e):
+        if type(e) is _UsageError:
+            # A line magic misused at run time: IPython shows the message alone.
+            self._item({"type": "error", "name": "UsageError", "value": str(e),
+                        "traceback": ["UsageError: %s" % e]})
+            return
         name = type(e).__name__
         try:
             value = str(e)
@@ -932,6 +937,8 @@ class Kernel:
             self._write("stdout", 1, "CPU times: total: %s\nWall time: %s\n" % (
                 _fmt_time(time.process_time() - c0), _fmt_time(_perf() - t0)))
             return status
+        if name == "timeit":
+            return self._run_magic_call(lambda: _timeit_magic(arg, self.ns, {}, body))
         if name in ("bash", "sh"):
             shell = "/bin/bash" if name == "bash" and os.path.exists("/bin/bash") else "/bin/sh"
             return self._run_magic_call(lambda: _MagicApi(self).run_shell(body, shell=shell))
@@ -1108,7 +1115,7 @@ def _fmt_time(seconds):
 # Line magics the kernel accepts. No-ops are documented in docs/kernel.md.
 LINE_MAGICS = ("matplotlib", "config", "load_ext", "reload_ext", "autoreload", "cd", "pwd",
                "env", "pip", "time", "timeit", "reset", "run", "who", "precision")
-CELL_MAGICS = ("time", "bash", "sh", "writefile", "capture", "html")
+CELL_MAGICS = ("time", "timeit", "bash", "sh", "writefile", "capture", "html")
 
 
 def _logical_starts(lines):
@@ -1157,7 +1164,7 @@ def _logical_starts(lines):
 
 
 def _transform(code):
-    """Rewrite `!cmd`, `x = !cmd` and `%magic` lines into calls on __dsbox__."""
+    """Rewrite `!cmd`, `x = !cmd`, `%magic` and `x = %magic` lines into calls on __dsbox__."""
     import re
 
     lines = code.split("\n")
@@ -1165,6 +1172,8 @@ def _transform(code):
     changed = False
     assign = re.compile(r"^([ \t]*)([A-Za-z_][\w.]*(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*)"
                         r"[ \t]*=[ \t]*!(.*)$")
+    assign_magic = re.compile(r"^([ \t]*)([A-Za-z_][\w.]*(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*)"
+                              r"[ \t]*=[ \t]*%([A-Za-z_]\w*)(.*)$")
     for i, line in enumerate(lines):
         if not starts[i]:
             continue
@@ -1183,6 +1192,14 @@ def _transform(code):
             m = assign.match(line)
             if m:
                 lines[i] = "%s%s = __dsbox__.getoutput(%r)" % (m.group(1), m.group(2), m.group(3))
+                changed = True
+            m = assign_magic.match(line)
+            if m:
+                name = m.group(3)
+                if name not in LINE_MAGICS:
+                    raise _UsageError("Line magic function `%%%s` not found." % name)
+                lines[i] = "%s%s = __dsbox__.magic(%r, %r)" % (
+                    m.group(1), m.group(2), name, m.group(4).strip())
                 changed = True
     if not changed:
         return code, None
@@ -1364,33 +1381,107 @@ def _time_magic(stmt, globs, locs):
     return result if is_expr else None
 
 
-def _timeit_magic(arg, globs, locs):
+class TimeitResult:
+    """What `%timeit -o` returns, with IPython's attribute names."""
+
+    def __init__(self, loops, repeat, all_runs, precision):
+        self.loops = loops
+        self.repeat = repeat
+        self.all_runs = all_runs  # seconds per run of `loops` loops
+        self.timings = [t / loops for t in all_runs]
+        self.best = min(self.timings)
+        self.worst = max(self.timings)
+        self.average = sum(self.timings) / len(self.timings)
+        self.stdev = (sum((t - self.average) ** 2 for t in self.timings)
+                      / len(self.timings)) ** 0.5
+        self._precision = precision
+
+    def __str__(self):
+        runs, loops = self.repeat, self.loops
+        return "%s \u00b1 %s per loop (mean \u00b1 std. dev. of %d run%s, %s loop%s each)" % (
+            _fmt_timespan(self.average, self._precision),
+            _fmt_timespan(self.stdev, self._precision),
+            runs, "" if runs == 1 else "s", format(loops, ","), "" if loops == 1 else "s")
+
+    def __repr__(self):
+        return "<TimeitResult : %s>" % self
+
+
+def _fmt_timespan(seconds, precision=3):
+    """IPython's `_format_time`: `precision` significant digits in s, ms, \u00b5s or ns."""
+    import math
+    if seconds >= 60.0:
+        parts = []
+        for suffix, length in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+            value = int(seconds / length)
+            if value > 0:
+                seconds %= length
+                parts.append("%s%s" % (value, suffix))
+            if seconds < 1:
+                break
+        return " ".join(parts)
+    units = ("s", "ms", "\u00b5s", "ns")
+    order = min(-int(math.floor(math.log10(seconds)) // 3), 3) if seconds > 0.0 else 3
+    return "%.*g %s" % (precision, seconds * 1000.0 ** order, units[order])
+
+
+def _timeit_options(arg):
+    """Split IPython's `%timeit` options (-n<N> -r<R> -p<P> -t -c -q -o, each value
+    attached or separate) from the statement, which keeps its own spacing."""
+    options = {}
+    rest = arg.lstrip()
+    while rest.startswith("-") and len(rest) > 1 and rest[1] in "nrptcqo":
+        token, _, after = rest.partition(" ")
+        flags = token[1:]
+        while flags:
+            flag, flags = flags[0], flags[1:]
+            if flag not in "nrptcqo":
+                raise _UsageError("%%timeit: option -%s not recognized" % flag)
+            if flag in "nrp":
+                if not flags:
+                    flags, _, after = after.lstrip().partition(" ")
+                try:
+                    value = int(flags)
+                except ValueError:
+                    raise _UsageError("%%timeit -%s needs a whole number, not %r"
+                                      % (flag, flags)) from None
+                if value < 1:
+                    raise _UsageError("%%timeit -%s needs a number of at least 1" % flag)
+                options[flag] = value
+                flags = ""
+            else:
+                options[flag] = True
+        rest = after.lstrip()
+    return options, rest
+
+
+def _timeit_magic(arg, globs, locs, body=None):
+    """`%timeit [options] STMT`, or `%%timeit [options] [SETUP]` with the cell as STMT,
+    measured as IPython does: loops by powers of ten until a run takes 0.2 s, 7 runs."""
     import timeit
-    parts = arg.split()
-    number = repeat = None
-    while parts and parts[0] in ("-n", "-r"):
-        flag = parts.pop(0)
-        if not parts:
-            raise _UsageError("%%timeit %s needs a number" % flag)
-        value = int(parts.pop(0))
-        if flag == "-n":
-            number = value
-        else:
-            repeat = value
-    stmt = " ".join(parts)
-    if not stmt:
+    options, rest = _timeit_options(arg)
+    stmt, setup = (rest, "pass") if body is None else (body, rest or "pass")
+    if not stmt.strip():
         raise _UsageError("%timeit needs a statement")
     ns = dict(globs)
     ns.update(locs)
-    timer = timeit.Timer(stmt, globals=ns)
+    timer = timeit.Timer(stmt, setup, timer=_perf, globals=ns)
+    number = options.get("n")
     if number is None:
-        number, _ = timer.autorange()
-    runs = [t / number for t in timer.repeat(repeat=repeat or 7, number=number)]
-    mean = sum(runs) / len(runs)
-    std = (sum((r - mean) ** 2 for r in runs) / len(runs)) ** 0.5
-    print("%s \u00b1 %s per loop (mean \u00b1 std. dev. of %d runs, %d loops each)" % (
-        _fmt_time(mean), _fmt_time(std), len(runs), number))
-    return None
+        for power in range(10):
+            number = 10 ** power
+            if timer.timeit(number) >= 0.2:
+                break
+    repeat = options.get("r", 7)
+    result = TimeitResult(number, repeat, timer.repeat(repeat=repeat, number=number),
+                          options.get("p", 3))
+    if not options.get("q"):
+        if result.worst > 4 * result.best and result.best > 0 and result.worst > 1e-6:
+            print("The slowest run took %0.2f times longer than the fastest. This could "
+                  "mean that an intermediate result is being cached."
+                  % (result.worst / result.best))
+        print(result)
+    return result if options.get("o") else None
 
 
 def _writefile(kernel, arg, body):

@@ -300,6 +300,43 @@ async fn line_magics_are_accepted_and_unknown_ones_are_usage_errors() {
 }
 
 #[tokio::test]
+async fn timeit_takes_ipython_options_in_either_spelling_and_as_a_cell_magic() {
+    let mut k = kernel().await;
+    run(&mut k, "x = 20").await;
+    let cell = run(&mut k, "%timeit -n1 -r1 x + 1").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert!(
+        cell.stdout()
+            .contains("per loop (mean ± std. dev. of 1 run, 1 loop each)"),
+        "{cell:?}"
+    );
+    let cell = run(
+        &mut k,
+        "t = %timeit -o -q -n 3 -r 2 x + 1\n(t.loops, t.repeat, len(t.all_runs))",
+    )
+    .await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert_eq!(cell.stdout(), "", "-q prints nothing: {cell:?}");
+    assert_eq!(cell.result_text(), Some("(3, 2, 2)"), "{cell:?}");
+    let cell = run(&mut k, "%%timeit -n2 -r2 y = x * 2\ny + 1").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert!(
+        cell.stdout().contains("of 2 runs, 2 loops each"),
+        "{cell:?}"
+    );
+    let cell = run(&mut k, "%timeit -n lots x + 1").await;
+    assert_eq!(cell.status, CellStatus::Error);
+    let (name, value, _) = cell.error().unwrap();
+    assert_eq!(name, "UsageError");
+    assert!(value.contains("-n needs a whole number"), "{value}");
+    // Misuse found while the cell runs is reported the same way, without kernel frames.
+    let cell = run(&mut k, "%reset").await;
+    let (name, value, traceback) = cell.error().unwrap();
+    assert_eq!((name, traceback.len()), ("UsageError", 1), "{cell:?}");
+    assert!(value.contains("-f"), "{value}");
+}
+
+#[tokio::test]
 async fn kernel_survives_closed_stdout_system_exit_and_deleted_builtins() {
     let mut k = kernel().await;
     let cell = run(
