@@ -299,6 +299,262 @@ class _MplFinder:
         module.draw_if_interactive = draw_if_interactive
 
 
+class _DisplayHandle:
+    """What display(..., display_id=...) returns, with IPython's methods."""
+
+    def __init__(self, kernel, display_id):
+        self._k = kernel
+        self.display_id = display_id if isinstance(display_id, str) else "%032x" % id(self)
+
+    def display(self, obj, **kwargs):
+        self._k.display(obj, **kwargs)
+
+    def update(self, obj, **kwargs):
+        self._k.display(obj, **kwargs)
+
+    def __repr__(self):
+        return "<DisplayHandle display_id=%s>" % self.display_id
+
+
+# The `IPython.display` API for code written for Jupyter, when the rootfs has no IPython.
+# Kept as source: executed into modules named as IPython's, so that reprs (text/plain
+# `<IPython.core.display.HTML object>`) and pickling names match what a notebook shows.
+_IPYTHON_DISPLAY_SRC = r"""
+import json as _json
+import os as _os
+
+
+def display(*objs, **kwargs):
+    return _kernel.display(*objs, **kwargs)
+
+
+def publish_display_data(data, metadata=None, **kwargs):
+    _kernel.publish(data)
+
+
+def update_display(obj, *, display_id, **kwargs):
+    _kernel.display(obj, **kwargs)
+
+
+def clear_output(wait=False):
+    # The items of a cell are a list sent as they come: there is nothing to clear.
+    pass
+
+
+class DisplayObject:
+    _read_flags = "r"
+
+    def __init__(self, data=None, url=None, filename=None, metadata=None):
+        if isinstance(data, str) and url is None and filename is None:
+            if data.startswith(("http://", "https://")):
+                url, data = data, None
+            elif len(data) < 4096 and "\n" not in data and _os.path.isfile(data):
+                filename, data = data, None
+        self.data, self.url, self.filename = data, url, filename
+        self.metadata = {} if metadata is None else metadata
+        if filename is not None:
+            with open(filename, self._read_flags) as f:
+                self.data = f.read()
+        elif url is not None and data is None:
+            # Sandboxes have no network: the object shows as text only.
+            self.data = None
+
+    def __repr__(self):
+        cls = type(self)
+        return "<%s.%s object>" % (cls.__module__, cls.__name__)
+
+    def reload(self):
+        if self.filename is not None:
+            with open(self.filename, self._read_flags) as f:
+                self.data = f.read()
+
+
+class TextDisplayObject(DisplayObject):
+    def __init__(self, data=None, url=None, filename=None, metadata=None):
+        if isinstance(data, (list, tuple)):
+            data = "".join(data)
+        super().__init__(data, url, filename, metadata)
+
+
+class Pretty(TextDisplayObject):
+    def _repr_pretty_(self, pp, cycle):
+        return pp.text(self.data)
+
+    def __repr__(self):
+        return str(self.data)
+
+
+class HTML(TextDisplayObject):
+    def _repr_html_(self):
+        return self.data
+
+    def __html__(self):
+        return self.data
+
+
+class Markdown(TextDisplayObject):
+    def _repr_markdown_(self):
+        return self.data
+
+
+class Latex(TextDisplayObject):
+    def _repr_latex_(self):
+        return self.data
+
+
+class Math(TextDisplayObject):
+    def _repr_latex_(self):
+        return "$\\displaystyle %s$" % (self.data or "").strip("$")
+
+
+class SVG(DisplayObject):
+    def _repr_svg_(self):
+        return self.data
+
+
+class JSON(DisplayObject):
+    def __init__(self, data=None, url=None, filename=None, expanded=False, metadata=None,
+                 root="root", **kwargs):
+        if isinstance(data, str) and url is None and filename is None                 and not data.startswith(("http://", "https://"))                 and not _os.path.isfile(data):
+            data = _json.loads(data)
+        super().__init__(data, url, filename, metadata)
+        if isinstance(self.data, str) and filename is not None:
+            self.data = _json.loads(self.data)
+
+    def _repr_json_(self):
+        return self.data
+
+
+class Javascript(TextDisplayObject):
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"application/javascript": self.data or "", "text/plain": repr(self)}
+
+
+class Image(DisplayObject):
+    _read_flags = "rb"
+
+    def __init__(self, data=None, url=None, filename=None, format=None, embed=None,
+                 width=None, height=None, metadata=None, **kwargs):
+        super().__init__(data, url, filename, metadata)
+        name = (filename or url or "").lower()
+        if format is None:
+            if name.endswith((".jpg", ".jpeg")) or (isinstance(self.data, bytes)
+                                                    and self.data[:3] == b"\xff\xd8\xff"):
+                format = "jpeg"
+            else:
+                format = "png"
+        self.format = "jpeg" if format.lower() in ("jpg", "jpeg") else format.lower()
+        self.width, self.height = width, height
+
+    def _repr_png_(self):
+        return self.data if self.format == "png" and isinstance(self.data, bytes) else None
+
+    def _repr_jpeg_(self):
+        return self.data if self.format == "jpeg" and isinstance(self.data, bytes) else None
+
+
+class IFrame:
+    def __init__(self, src, width, height, extras=None, **kwargs):
+        self.src, self.width, self.height = src, width, height
+
+    def _repr_html_(self):
+        return '<iframe width="%s" height="%s" src="%s" frameborder="0" allowfullscreen>'                '</iframe>' % (self.width, self.height, self.src)
+
+
+def _display_as(mime):
+    def show(*objs, raw=False, metadata=None):
+        for obj in objs:
+            if raw:
+                _kernel.publish({mime: obj})
+            else:
+                _kernel.display(obj, include=[mime, "text/plain"])
+    return show
+
+
+display_pretty = _display_as("text/plain")
+display_html = _display_as("text/html")
+display_markdown = _display_as("text/markdown")
+display_latex = _display_as("text/latex")
+display_svg = _display_as("image/svg+xml")
+display_png = _display_as("image/png")
+display_jpeg = _display_as("image/jpeg")
+display_json = _display_as("application/json")
+display_javascript = _display_as("application/javascript")
+"""
+
+# Names of the shim: module -> whether it is a package.
+_IPYTHON_SHIM = {"IPython": True, "IPython.core": True, "IPython.display": False,
+                 "IPython.core.display": False, "IPython.core.display_functions": False,
+                 "IPython.core.getipython": False}
+
+
+class _IPythonFinder:
+    """`from IPython.display import display, HTML, Markdown` for code written for Jupyter.
+
+    Without IPython in the rootfs, a small stand-in provides get_ipython() (None, as
+    outside IPython) and the display API, shown as display_data items. With IPython
+    installed, its own modules load, and only `display`, `publish_display_data` and
+    `clear_output` are replaced: outside an IPython shell they print or start one.
+    """
+
+    def __init__(self, kernel):
+        self._k = kernel
+        self._real = None  # found on first use: is IPython installed?
+
+    def find_spec(self, name, path=None, target=None):
+        if not name.startswith("IPython") or name not in _IPYTHON_SHIM:
+            return None
+        import importlib.machinery
+        if self._real is None:
+            self._real = importlib.machinery.PathFinder.find_spec("IPython") is not None
+        if self._real:
+            if name != "IPython.core.display_functions":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader, self._k)
+            return spec
+        return importlib.machinery.ModuleSpec(name, self, is_package=_IPYTHON_SHIM[name])
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        import importlib
+        name = module.__name__
+        if _IPYTHON_SHIM[name]:
+            module.__path__ = []
+        if name in ("IPython", "IPython.core.getipython"):
+            module.get_ipython = lambda: None
+        if name == "IPython.core.display":
+            module.__dict__["_kernel"] = self._k
+            exec(_IPYTHON_DISPLAY_SRC, module.__dict__)
+        elif name in ("IPython.display", "IPython.core.display_functions"):
+            # One set of classes, named as IPython names them (IPython.core.display.HTML).
+            source = importlib.import_module("IPython.core.display")
+            module.__dict__.update({k: v for k, v in source.__dict__.items()
+                                    if not k.startswith("_")})
+        elif name == "IPython":
+            importlib.import_module("IPython.display")  # `import IPython; IPython.display`
+
+
+class _PatchingLoader:
+    """IPython's display_functions, with the kernel's display in place of its own."""
+
+    def __init__(self, loader, kernel):
+        self._loader = loader
+        self._k = kernel
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        module.display = self._k.display
+        module.publish_display_data = lambda data, *args, **kwargs: self._k.publish(data)
+        module.clear_output = lambda wait=False: None
+
+
 class Kernel:
     """One kernel process: the channel, the output capture and the user namespace."""
 
@@ -369,6 +625,7 @@ class Kernel:
 
         os.environ.setdefault("MPLBACKEND", "module://" + MPL_BACKEND_MODULE)
         sys.meta_path.append(_MplFinder(self))
+        sys.meta_path.insert(0, _IPythonFinder(self))
 
         _signal.signal(_signal.SIGINT, self._on_sigint)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -851,10 +1108,41 @@ class Kernel:
 
     # ------------------------------------------------------------- display
 
-    def display(self, *objs, **kwargs):
-        """IPython's display(): show each object as a display_data item."""
+    def display(self, *objs, include=None, exclude=None, raw=False, display_id=None,
+                **kwargs):
+        """IPython's display(): each object as a display_data item; with `raw=True` each
+        object is a MIME bundle already. `metadata`, `transient` and `clear` are taken and
+        ignored; a `display_id` gets a handle whose update() shows the object again (the
+        items of a cell are a list: nothing is replaced in place)."""
         for obj in objs:
-            self._display(obj, "display_data")
+            if raw:
+                self.publish(obj)
+            else:
+                data = _format(obj)
+                if include is not None:
+                    data = {k: v for k, v in data.items() if k in include}
+                if exclude is not None:
+                    data = {k: v for k, v in data.items() if k not in exclude}
+                if data:
+                    self._item({"type": "display_data", "data": data})
+        if display_id is not None:
+            return _DisplayHandle(self, display_id)
+        return None
+
+    def publish(self, data, *args, **kwargs):
+        """IPython's publish_display_data(): a display_data item from a MIME bundle."""
+        if not isinstance(data, dict):
+            raise TypeError("a MIME bundle is a dict of MIME type to data, not %s"
+                            % type(data).__name__)
+        bundle = {}
+        for mime, v in data.items():
+            v = _mime_value(mime, v) if isinstance(mime, str) else None
+            if v is not None:
+                bundle[mime] = (_cut_text(v, MAX_MIME_CHARS) if len(v) <= MAX_MIME_CHARS
+                                or mime.startswith("text/") else None)
+        bundle = {k: v for k, v in bundle.items() if v is not None}
+        if bundle:
+            self._item({"type": "display_data", "data": bundle})
 
     def _display(self, value, kind):
         data = _format(value)
@@ -987,6 +1275,7 @@ _MIME_METHODS = (
     ("image/svg+xml", "_repr_svg_"),
     ("image/png", "_repr_png_"),
     ("image/jpeg", "_repr_jpeg_"),
+    ("application/json", "_repr_json_"),
 )
 
 
@@ -1052,6 +1341,11 @@ def _mime_value(mime, v):
         return bytes(v).decode("utf-8", "replace")
     if isinstance(v, str):
         return v
+    if mime == "application/json" and isinstance(v, (dict, list)):
+        try:
+            return json.dumps(v)
+        except (TypeError, ValueError):
+            return None
     return None
 
 

@@ -336,6 +336,94 @@ async fn timeit_takes_ipython_options_in_either_spelling_and_as_a_cell_magic() {
     assert!(value.contains("-f"), "{value}");
 }
 
+fn display_data(cell: &dsbox_kernel::CellResult) -> Vec<&dsbox_kernel::MimeBundle> {
+    cell.items
+        .iter()
+        .filter_map(|i| match i {
+            OutputItem::DisplayData { data } => Some(data),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ipython_display_api_works_without_ipython_installed() {
+    let mut k = kernel().await;
+    let cell = run(
+        &mut k,
+        "import IPython\n\
+         from IPython.display import display, HTML, Markdown, JSON\n\
+         from IPython import get_ipython\n\
+         print(get_ipython(), IPython.display.HTML is IPython.core.display.HTML)\n\
+         display(HTML('<b>x</b>'), JSON({'k': 1}))\n\
+         display({'text/plain': 'raw bundle'}, raw=True)\n\
+         h = display('first', display_id=True)\n\
+         h.update('second')\n\
+         Markdown('*m*')",
+    )
+    .await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert_eq!(cell.stdout(), "None True\n", "{cell:?}");
+    let shown = display_data(&cell);
+    assert_eq!(shown.len(), 5, "{cell:?}");
+    assert_eq!(shown[0]["text/html"], "<b>x</b>");
+    assert_eq!(shown[0]["text/plain"], "<IPython.core.display.HTML object>");
+    assert_eq!(shown[1]["application/json"], r#"{"k": 1}"#);
+    assert_eq!(shown[2]["text/plain"], "raw bundle");
+    assert_eq!(shown[3]["text/plain"], "'first'");
+    assert_eq!(shown[4]["text/plain"], "'second'");
+    let result = cell
+        .items
+        .iter()
+        .find_map(|i| match i {
+            OutputItem::Result { data } => Some(data),
+            _ => None,
+        })
+        .expect("a result");
+    assert_eq!(result["text/markdown"], "*m*");
+}
+
+#[tokio::test]
+async fn an_installed_ipythons_display_shows_display_data_instead_of_printing() {
+    // IPython's own display() prints when no IPython shell runs; the kernel puts its
+    // display in place when IPython's module loads. A stand-in package with IPython's
+    // module layout shows that it is the installed one that loads, and patched.
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("IPython/core");
+    std::fs::create_dir_all(&core).unwrap();
+    std::fs::write(dir.path().join("IPython/__init__.py"), "INSTALLED = True\n").unwrap();
+    std::fs::write(core.join("__init__.py"), "").unwrap();
+    std::fs::write(
+        core.join("display_functions.py"),
+        "def display(*objs, **kwargs):\n    print('printed by IPython')\n\
+         def clear_output(wait=False):\n    print('\\033[2K', end='')\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("IPython/display.py"),
+        "from IPython.core.display_functions import *\n",
+    )
+    .unwrap();
+    let mut k = kernel().await;
+    let code = format!(
+        "import sys\nsys.path.insert(0, {:?})\nimport IPython\n\
+         from IPython.display import display, clear_output\n\
+         display(12)\nclear_output()\nIPython.INSTALLED",
+        dir.path().display().to_string()
+    );
+    let cell = run(&mut k, &code).await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert_eq!(
+        cell.result_text(),
+        Some("True"),
+        "the installed IPython: {cell:?}"
+    );
+    assert_eq!(cell.stdout(), "", "{cell:?}");
+    let shown = display_data(&cell);
+    assert_eq!(shown.len(), 1, "{cell:?}");
+    assert_eq!(shown[0]["text/plain"], "12");
+}
+
 #[tokio::test]
 async fn kernel_survives_closed_stdout_system_exit_and_deleted_builtins() {
     let mut k = kernel().await;
