@@ -110,6 +110,10 @@ _b64encode = base64.b64encode
 _exec = exec
 _eval = eval
 _compile = compile
+_TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: a cell compiled with top-level await
+_ASYNCIO_DIR = os.path.join(os.path.dirname(os.__file__), "asyncio", "")
+_AWAIT_VALUE = "_dsbox_await_value_"  # where an awaiting cell leaves its last value
 _repr = repr
 _KFILE = (lambda: 0).__code__.co_filename
 
@@ -586,6 +590,7 @@ class Kernel:
         self.fork_buf = {}
         self.cells = []
         self.ns = None
+        self.loop = None  # asyncio's, made by the first cell with top-level await
         self._fflush = None
         self.timing = None
 
@@ -1039,9 +1044,17 @@ class Kernel:
         self.in_cell = True
         try:
             if body is not None:
-                _exec(body, ns)
+                if body.co_flags & _CO_COROUTINE:
+                    self._await(_eval(body, ns))
+                else:
+                    _exec(body, ns)
             if expr is not None:
-                value = _eval(expr, ns)
+                if expr is _AWAIT_VALUE:
+                    value = ns.pop(_AWAIT_VALUE, None)
+                elif expr.co_flags & _CO_COROUTINE:  # a one-line expression
+                    value = self._await(_eval(expr, ns))
+                else:
+                    value = _eval(expr, ns)
                 if show and value is not None:
                     ns["_"] = value
                     self._display(value, "result")
@@ -1085,7 +1098,7 @@ class Kernel:
         # Fast path: a one-line expression (`1+1`, `df.head()`).
         if stripped and "\n" not in stripped and not stripped.endswith(";"):
             try:
-                return None, _compile(stripped, filename, "eval"), True
+                return None, _compile(stripped, filename, "eval", _TOP_LEVEL_AWAIT), True
             except SyntaxError:
                 pass
         tree = _compile(src, filename, "exec", ast.PyCF_ONLY_AST)
@@ -1095,9 +1108,51 @@ class Kernel:
         if body and isinstance(body[-1], ast.Expr):
             last = body.pop()
             show = not _suppressed(src, last)
-            expr = _compile(ast.Expression(last.value), filename, "eval")
-        code = _compile(tree, filename, "exec") if body else None
+            expr = _compile(ast.Expression(last.value), filename, "eval", _TOP_LEVEL_AWAIT)
+        code = _compile(tree, filename, "exec", _TOP_LEVEL_AWAIT) if body else None
+        if any(c is not None and c.co_flags & _CO_COROUTINE for c in (code, expr)):
+            # A cell with top-level await runs as one coroutine (statements before the
+            # awaiting expression must run inside the loop too); its value is kept in
+            # a name the cell cannot collide with.
+            if expr is not None:
+                target = ast.Name(id=_AWAIT_VALUE, ctx=ast.Store())
+                body.append(ast.copy_location(ast.Assign(targets=[target], value=last.value),
+                                              last))
+                ast.fix_missing_locations(tree)
+            code = _compile(tree, filename, "exec", _TOP_LEVEL_AWAIT)
+            expr = _AWAIT_VALUE if expr is not None else None
         return code, expr, show
+
+    def _await(self, coro):
+        """Run a cell with top-level `await` (IPython's autoawait) on the kernel's event
+        loop, kept across cells so that tasks a cell starts live on."""
+        import asyncio
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            loop = self.loop = asyncio.new_event_loop()
+        task = loop.create_task(coro)
+        try:
+            return loop.run_until_complete(task)
+        except BaseException as e:
+            tb = e.__traceback__
+            if not task.done():
+                # Interrupted while the cell waited in the loop: the traceback is where
+                # the cell waits, and the rest of the cell must not run later, when
+                # another cell runs the loop.
+                import types
+                tb = None
+                for frame in reversed(task.get_stack()):
+                    tb = types.TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
+                task.cancel()
+                try:
+                    loop.run_until_complete(asyncio.wait([task], timeout=1.0))
+                except BaseException:
+                    pass
+            # The loop's own frames are not the user's.
+            while tb is not None and tb.tb_frame.f_code.co_filename.startswith(
+                    (_ASYNCIO_DIR, _KFILE)):
+                tb = tb.tb_next
+            raise e.with_traceback(tb)
 
     def _remember_source(self, filename, src):
         lines = src.splitlines(True)

@@ -425,6 +425,65 @@ async fn an_installed_ipythons_display_shows_display_data_instead_of_printing() 
 }
 
 #[tokio::test]
+async fn top_level_await_runs_on_a_loop_kept_across_cells_as_in_ipython() {
+    let mut k = kernel().await;
+    let cell = run(
+        &mut k,
+        "import asyncio\n\
+         async def double(x):\n    await asyncio.sleep(0.01)\n    return x * 2\n\
+         r = await double(21)\nr",
+    )
+    .await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert_eq!(cell.result_text(), Some("42"), "{cell:?}");
+    // Statements before an awaiting last expression run inside the loop too.
+    let cell = run(
+        &mut k,
+        "task = asyncio.create_task(double(50))\nawait asyncio.sleep(0)",
+    )
+    .await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    // One-line expressions too; a task from an earlier cell lives on in the same loop.
+    let cell = run(&mut k, "await task + await double(1)").await;
+    assert_eq!(cell.result_text(), Some("102"), "{cell:?}");
+    // Cells without await are untouched: asyncio.run works there, as in plain Python.
+    let cell = run(&mut k, "asyncio.run(double(2))").await;
+    assert_eq!(cell.result_text(), Some("4"), "{cell:?}");
+    // An error shows the user's frames, not the event loop's.
+    let cell = run(
+        &mut k,
+        "async def boom():\n    raise ValueError('boom')\nawait boom()",
+    )
+    .await;
+    let (name, _, traceback) = cell.error().expect("an error");
+    assert_eq!(name, "ValueError");
+    assert!(
+        traceback.iter().all(|l| !l.contains("asyncio")) && traceback[1].contains("<cell-"),
+        "{traceback:?}"
+    );
+    // An interrupted cell shows where it waited, and its rest never runs later, when
+    // another cell runs the loop (its sleep ends while the next cell waits).
+    let cell = k
+        .execute(
+            "await asyncio.sleep(3)\nprint('the rest of an interrupted cell')",
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cell.status, CellStatus::TimedOut, "{cell:?}");
+    let (_, _, traceback) = cell.error().expect("an error");
+    assert!(
+        traceback
+            .iter()
+            .any(|l| l.contains("await asyncio.sleep(3)")),
+        "{traceback:?}"
+    );
+    let cell = run(&mut k, "await asyncio.sleep(3.5)\nr").await;
+    assert_eq!(cell.result_text(), Some("42"), "{cell:?}");
+    assert_eq!(cell.stdout(), "", "{cell:?}");
+}
+
+#[tokio::test]
 async fn kernel_survives_closed_stdout_system_exit_and_deleted_builtins() {
     let mut k = kernel().await;
     let cell = run(
