@@ -39,6 +39,7 @@ import io
 import json
 import linecache
 import os
+import re
 import select
 import signal
 import socket
@@ -46,6 +47,7 @@ import sys
 import threading
 import time
 import traceback
+from keyword import iskeyword as _iskeyword
 
 PROTOCOL = 1
 # The Rust side rejects frames above its own limit (16 MiB); the kernel stays well below.
@@ -1023,6 +1025,8 @@ class Kernel:
                 cell_magic, code = self._split_cell_magic(code)
             if cell_magic is not None:
                 return self._run_cell_magic(cell_magic, code, n)
+            if "\n" not in code.strip():
+                code = _automagic(code, self.ns)
             if "!" in code or "%" in code:
                 code, api = _transform(code)
             body, expr, show = self._compile(code, filename)
@@ -1464,6 +1468,13 @@ def _fmt_time(seconds):
 # Line magics the kernel accepts. No-ops are documented in docs/kernel.md.
 LINE_MAGICS = ("matplotlib", "config", "load_ext", "reload_ext", "autoreload", "cd", "pwd",
                "env", "pip", "time", "timeit", "reset", "run", "who", "precision")
+# IPython's default shell aliases on POSIX, as line magics (`%ls -l`): name -> command.
+SHELL_ALIASES = {"cat": "cat", "cp": "cp", "ll": "ls -F -o", "ls": "ls -F", "mkdir": "mkdir",
+                 "mv": "mv", "rm": "rm", "rmdir": "rmdir", "less": "less", "more": "more",
+                 "man": "man", "clear": None}
+MAGIC_NAMES = frozenset(LINE_MAGICS) | frozenset(SHELL_ALIASES)
+# A one-line cell that may be an automagic call: indent, a name, then nothing or a space.
+_AUTOMAGIC_LINE = re.compile(r"^(\s*)([A-Za-z_]\w*)(\s.*)?$", re.S)
 CELL_MAGICS = ("time", "timeit", "bash", "sh", "writefile", "capture", "html")
 
 
@@ -1512,6 +1523,21 @@ def _logical_starts(lines):
     return out
 
 
+def _automagic(code, ns):
+    """IPython's automagic: a one-line cell starting with a magic's or shell alias's name
+    (`ls -l /data`, `cd /tmp`, `pwd`) runs the magic unless a variable, builtin or
+    keyword of that name shadows it or the line assigns to it (`ls = 1`). As in IPython
+    7 and later, cells of more than one line are left alone."""
+    m = _AUTOMAGIC_LINE.match(code)
+    if m is None:
+        return code
+    name, rest = m.group(2), m.group(3) or ""
+    if (name not in MAGIC_NAMES or name in ns or hasattr(_builtins_module, name)
+            or _iskeyword(name) or rest.lstrip()[:1] in ("=", ",")):
+        return code
+    return "%s%%%s" % (m.group(1), code[len(m.group(1)):])
+
+
 def _transform(code):
     """Rewrite `!cmd`, `x = !cmd`, `%magic` and `x = %magic` lines into calls on __dsbox__."""
     import re
@@ -1533,7 +1559,7 @@ def _transform(code):
             changed = True
         elif stripped.startswith("%") and not stripped.startswith("%%"):
             name, _, arg = stripped[1:].partition(" ")
-            if name not in LINE_MAGICS:
+            if name not in MAGIC_NAMES:
                 raise _UsageError("Line magic function `%%%s` not found." % name)
             lines[i] = "%s__dsbox__.magic(%r, %r)" % (indent, name, arg.strip())
             changed = True
@@ -1545,7 +1571,7 @@ def _transform(code):
             m = assign_magic.match(line)
             if m:
                 name = m.group(3)
-                if name not in LINE_MAGICS:
+                if name not in MAGIC_NAMES:
                     raise _UsageError("Line magic function `%%%s` not found." % name)
                 lines[i] = "%s%s = __dsbox__.magic(%r, %r)" % (
                     m.group(1), m.group(2), name, m.group(4).strip())
@@ -1600,6 +1626,10 @@ class _MagicApi:
 
     def magic(self, name, arg):
         k = self._k
+        if name not in ("time", "timeit") and ("$" in arg or "{" in arg):
+            # IPython expands $name and {expr} in every line magic's argument but
+            # these two, whose argument is Python code.
+            arg = _expand(arg, self._caller_ns())
         if name in ("matplotlib", "config", "load_ext", "reload_ext", "autoreload",
                     "precision"):
             return None  # accepted, no effect (figures are always inline PNG)
@@ -1643,6 +1673,11 @@ class _MagicApi:
             finally:
                 sys.argv = old_argv
             k.ns.update({key: v for key, v in result.items() if not key.startswith("__")})
+            return None
+        if name in SHELL_ALIASES:
+            command = SHELL_ALIASES[name]
+            if command is not None:
+                self.run_shell(("%s %s" % (command, arg)).strip())
             return None
         if name == "who":
             names = sorted(key for key in k.ns if not key.startswith("_")

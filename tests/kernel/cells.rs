@@ -484,6 +484,43 @@ async fn top_level_await_runs_on_a_loop_kept_across_cells_as_in_ipython() {
 }
 
 #[tokio::test]
+async fn shell_aliases_and_automagic_work_in_one_line_cells_as_in_ipython() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data-file.csv"), "a\n1\n").unwrap();
+    let mut k = kernel().await;
+    run(
+        &mut k,
+        &format!("d = {:?}", dir.path().display().to_string()),
+    )
+    .await;
+    // `ls $d` and `cat {d}/...`: IPython's aliases, with its $name/{expr} expansion.
+    let cell = run(&mut k, "ls $d").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert!(cell.stdout().contains("data-file.csv"), "{cell:?}");
+    let cell = run(&mut k, "%cat {d}/data-file.csv").await;
+    assert_eq!(cell.stdout(), "a\n1\n", "{cell:?}");
+    let cell = run(&mut k, "cd $d").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    let cell = run(&mut k, "pwd").await;
+    assert_eq!(
+        cell.result_text(),
+        Some(
+            format!("{:?}", dir.path().display().to_string())
+                .replace('"', "'")
+                .as_str()
+        ),
+        "{cell:?}"
+    );
+    // A variable of the same name, or an assignment to it, is Python again.
+    let cell = run(&mut k, "ls = 'mine'").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert_eq!(run(&mut k, "ls").await.result_text(), Some("'mine'"));
+    // Cells of more than one line are left alone (IPython 7 and later).
+    let cell = run(&mut k, "x = 1\nmkdir newdir").await;
+    assert_eq!(cell.error().map(|e| e.0), Some("SyntaxError"), "{cell:?}");
+}
+
+#[tokio::test]
 async fn kernel_survives_closed_stdout_system_exit_and_deleted_builtins() {
     let mut k = kernel().await;
     let cell = run(
