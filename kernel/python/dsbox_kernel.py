@@ -1027,7 +1027,7 @@ class Kernel:
                 return self._run_cell_magic(cell_magic, code, n)
             if "\n" not in code.strip():
                 code = _automagic(code, self.ns)
-            if "!" in code or "%" in code:
+            if "!" in code or "%" in code or "?" in code:
                 code, api = _transform(code)
             body, expr, show = self._compile(code, filename)
         except SyntaxError as e:
@@ -1539,7 +1539,8 @@ def _automagic(code, ns):
 
 
 def _transform(code):
-    """Rewrite `!cmd`, `x = !cmd`, `%magic` and `x = %magic` lines into calls on __dsbox__."""
+    """Rewrite `!cmd`, `x = !cmd`, `%magic`, `x = %magic` and `obj?` lines into calls on
+    __dsbox__."""
     import re
 
     lines = code.split("\n")
@@ -1549,6 +1550,7 @@ def _transform(code):
                         r"[ \t]*=[ \t]*!(.*)$")
     assign_magic = re.compile(r"^([ \t]*)([A-Za-z_][\w.]*(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*)"
                               r"[ \t]*=[ \t]*%([A-Za-z_]\w*)(.*)$")
+    help_line = re.compile(r"^([ \t]*)(\?\??)?([A-Za-z_][\w.]*)(\?\??)?[ \t]*$")
     for i, line in enumerate(lines):
         if not starts[i]:
             continue
@@ -1564,6 +1566,12 @@ def _transform(code):
             lines[i] = "%s__dsbox__.magic(%r, %r)" % (indent, name, arg.strip())
             changed = True
         else:
+            m = help_line.match(line)
+            if m and (m.group(2) or m.group(4)):
+                detail = len(m.group(2) or m.group(4)) == 2
+                lines[i] = "%s__dsbox__.pinfo(%r, %r)" % (m.group(1), m.group(3), detail)
+                changed = True
+                continue
             m = assign.match(line)
             if m:
                 lines[i] = "%s%s = __dsbox__.getoutput(%r)" % (m.group(1), m.group(2), m.group(3))
@@ -1595,6 +1603,49 @@ class _MagicApi:
 
     def system(self, cmd):
         self.run_shell(_expand(cmd, self._caller_ns()))
+
+    def pinfo(self, expr, detail):
+        """`obj?` and `obj??`: what IPython's pager shows, printed (the agent reads it)."""
+        import inspect
+        try:
+            obj = _eval(expr, self._caller_ns())
+        except Exception:
+            print("Object `%s` not found." % expr)
+            return
+        fields = []
+        if callable(obj):
+            try:
+                fields.append(("Signature", expr + str(inspect.signature(obj))))
+            except (TypeError, ValueError):
+                pass
+        else:
+            text = _repr(obj)
+            fields.append(("String form", text if len(text) <= 200 else text[:200] + "..."))
+            try:
+                fields.append(("Length", str(len(obj))))
+            except Exception:
+                pass
+        source = None
+        if detail:
+            try:
+                source = inspect.getsource(obj)
+            except (OSError, TypeError):
+                pass
+        if source:
+            fields.append(("Source", source.rstrip("\n")))
+        else:
+            fields.append(("Docstring", inspect.getdoc(obj) or "<no docstring>"))
+        try:
+            fields.append(("File", inspect.getfile(obj)))
+        except TypeError:
+            pass
+        fields.append(("Type", type(obj).__name__))
+        out = []
+        for name, value in fields:
+            label = name + ":"
+            out.append("%s\n%s" % (label, value) if "\n" in value
+                       else "%-11s%s" % (label, value))
+        print("\n".join(out))
 
     def getoutput(self, cmd):
         import subprocess

@@ -521,6 +521,40 @@ async fn shell_aliases_and_automagic_work_in_one_line_cells_as_in_ipython() {
 }
 
 #[tokio::test]
+async fn object_help_syntax_prints_what_ipythons_pager_shows() {
+    let mut k = kernel().await;
+    let cell = run(&mut k, "len?").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    let out = cell.stdout();
+    assert!(out.contains("Signature: len(obj, /)"), "{out}");
+    assert!(
+        out.contains("Docstring: Return the number of items in a container."),
+        "{out}"
+    );
+    assert!(
+        out.contains("Type:      builtin_function_or_method"),
+        "{out}"
+    );
+    run(
+        &mut k,
+        "def add(a, b=2):\n    \"Add two numbers.\"\n    return a + b",
+    )
+    .await;
+    let cell = run(&mut k, "x = 1\nadd??").await;
+    assert_eq!(cell.status, CellStatus::Ok, "{cell:?}");
+    assert!(
+        cell.stdout().contains("Source:\ndef add(a, b=2):"),
+        "{cell:?}"
+    );
+    let cell = run(&mut k, "?no_such_name").await;
+    assert_eq!(
+        cell.stdout(),
+        "Object `no_such_name` not found.\n",
+        "{cell:?}"
+    );
+}
+
+#[tokio::test]
 async fn kernel_survives_closed_stdout_system_exit_and_deleted_builtins() {
     let mut k = kernel().await;
     let cell = run(
