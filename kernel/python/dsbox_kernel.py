@@ -41,7 +41,6 @@ import linecache
 import os
 import re
 import select
-import signal
 import socket
 import sys
 import threading
@@ -421,7 +420,9 @@ class SVG(DisplayObject):
 class JSON(DisplayObject):
     def __init__(self, data=None, url=None, filename=None, expanded=False, metadata=None,
                  root="root", **kwargs):
-        if isinstance(data, str) and url is None and filename is None                 and not data.startswith(("http://", "https://"))                 and not _os.path.isfile(data):
+        if (isinstance(data, str) and url is None and filename is None
+                and not data.startswith(("http://", "https://"))
+                and not _os.path.isfile(data)):
             data = _json.loads(data)
         super().__init__(data, url, filename, metadata)
         if isinstance(self.data, str) and filename is not None:
@@ -442,7 +443,7 @@ class Image(DisplayObject):
     def __init__(self, data=None, url=None, filename=None, format=None, embed=None,
                  width=None, height=None, metadata=None, **kwargs):
         super().__init__(data, url, filename, metadata)
-        name = (filename or url or "").lower()
+        name = (self.filename or self.url or "").lower()
         if format is None:
             if name.endswith((".jpg", ".jpeg")) or (isinstance(self.data, bytes)
                                                     and self.data[:3] == b"\xff\xd8\xff"):
@@ -464,7 +465,8 @@ class IFrame:
         self.src, self.width, self.height = src, width, height
 
     def _repr_html_(self):
-        return '<iframe width="%s" height="%s" src="%s" frameborder="0" allowfullscreen>'                '</iframe>' % (self.width, self.height, self.src)
+        return ('<iframe width="%s" height="%s" src="%s" frameborder="0" allowfullscreen>'
+                '</iframe>' % (self.width, self.height, self.src))
 
 
 def _display_as(mime):
