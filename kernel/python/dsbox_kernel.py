@@ -1469,7 +1469,7 @@ def _fmt_time(seconds):
 
 # Line magics the kernel accepts. No-ops are documented in docs/kernel.md.
 LINE_MAGICS = ("matplotlib", "config", "load_ext", "reload_ext", "autoreload", "cd", "pwd",
-               "env", "pip", "time", "timeit", "reset", "run", "who", "precision")
+               "env", "pip", "time", "timeit", "reset", "run", "who", "whos", "precision")
 # IPython's default shell aliases on POSIX, as line magics (`%ls -l`): name -> command.
 SHELL_ALIASES = {"cat": "cat", "cp": "cp", "ll": "ls -F -o", "ls": "ls -F", "mkdir": "mkdir",
                  "mv": "mv", "rm": "rm", "rmdir": "rmdir", "less": "less", "more": "more",
@@ -1732,10 +1732,15 @@ class _MagicApi:
             if command is not None:
                 self.run_shell(("%s %s" % (command, arg)).strip())
             return None
-        if name == "who":
+        if name in ("who", "whos"):
             names = sorted(key for key in k.ns if not key.startswith("_")
                            and key not in ("display", "In", "Out"))
-            print("\t".join(names) if names else "Interactive namespace is empty.")
+            if not names:
+                print("Interactive namespace is empty.")
+            elif name == "who":
+                print("\t".join(names))
+            else:
+                _whos(k.ns, names)
             return None
         raise _UsageError("Line magic function `%%%s` not found." % name)
 
@@ -1784,6 +1789,34 @@ def _expand(cmd, ns):
         cmd = re.sub(r"(?<!\$)\$([A-Za-z_]\w*)", name, cmd)
         cmd = cmd.replace("$$", "$")
     return cmd
+
+
+def _whos(ns, names):
+    """`%whos`: IPython's table of variables, their types and a short form of each."""
+    rows = []
+    for key in names:
+        value = ns[key]
+        kind = type(value).__name__
+        if isinstance(value, (list, tuple, dict, set, frozenset)):
+            info = "n=%d" % len(value)
+        elif type(value).__module__ == "numpy" and kind == "ndarray":
+            info = "%s: %d elems, type `%s`, %d bytes" % (
+                "x".join(map(str, value.shape)), value.size, value.dtype, value.nbytes)
+        else:
+            try:
+                info = str(value)
+            except Exception:
+                info = "<str() failed>"
+            info = info.replace("\n", "\\n")
+            if len(info) > 50:
+                info = info[:25] + "<...>" + info[-25:]
+        rows.append((key, kind, info))
+    name_w = max(len("Variable"), *(len(r[0]) for r in rows)) + 3
+    kind_w = max(len("Type"), *(len(r[1]) for r in rows)) + 3
+    print("%-*s%-*sData/Info" % (name_w, "Variable", kind_w, "Type"))
+    print("-" * (name_w + kind_w + len("Data/Info")))
+    for key, kind, info in rows:
+        print("%-*s%-*s%s" % (name_w, key, kind_w, kind, info))
 
 
 def _env_magic(arg):

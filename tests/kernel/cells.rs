@@ -287,6 +287,12 @@ async fn line_magics_are_accepted_and_unknown_ones_are_usage_errors() {
     );
     let cell = run(&mut k, "open('/tmp/dsbox-kernel-test-magic.txt').read()").await;
     assert_eq!(cell.result_text(), Some("'hello\\n'"));
+    run(&mut k, "numbers = [1, 2, 3]").await;
+    let cell = run(&mut k, "%whos").await;
+    let stdout = cell.stdout();
+    let table: Vec<&str> = stdout.lines().collect();
+    assert_eq!(table[0], "Variable   Type   Data/Info", "{cell:?}");
+    assert!(table.contains(&"numbers    list   n=3"), "{cell:?}");
     let cell = run(&mut k, "print('never')\n%nosuchmagic").await;
     assert_eq!(cell.status, CellStatus::Error);
     let (name, value, _) = cell.error().unwrap();
