@@ -314,8 +314,7 @@ class _DisplayHandle:
     def display(self, obj, **kwargs):
         self._k.display(obj, **kwargs)
 
-    def update(self, obj, **kwargs):
-        self._k.display(obj, **kwargs)
+    update = display
 
     def __repr__(self):
         return "<DisplayHandle display_id=%s>" % self.display_id
@@ -510,7 +509,7 @@ class _IPythonFinder:
         self._real = None  # found on first use: is IPython installed?
 
     def find_spec(self, name, path=None, target=None):
-        if not name.startswith("IPython") or name not in _IPYTHON_SHIM:
+        if name not in _IPYTHON_SHIM:
             return None
         import importlib.machinery
         if self._real is None:
@@ -1027,8 +1026,7 @@ class Kernel:
                 cell_magic, code = self._split_cell_magic(code)
             if cell_magic is not None:
                 return self._run_cell_magic(cell_magic, code, n)
-            if "\n" not in code.strip():
-                code = _automagic(code, self.ns)
+            code = _automagic(code, self.ns)
             if "!" in code or "%" in code or "?" in code:
                 code, api = _transform(code)
             body, expr, show = self._compile(code, filename)
@@ -1199,9 +1197,8 @@ class Kernel:
         for mime, v in data.items():
             v = _mime_value(mime, v) if isinstance(mime, str) else None
             if v is not None:
-                bundle[mime] = (_cut_text(v, MAX_MIME_CHARS) if len(v) <= MAX_MIME_CHARS
-                                or mime.startswith("text/") else None)
-        bundle = {k: v for k, v in bundle.items() if v is not None}
+                bundle[mime] = v
+        bundle = _capped(bundle)
         if bundle:
             self._item({"type": "display_data", "data": bundle})
 
@@ -1284,7 +1281,7 @@ class Kernel:
             c0 = time.process_time()
             status = self._run(body, n)
             self._write("stdout", 1, "CPU times: total: %s\nWall time: %s\n" % (
-                _fmt_time(time.process_time() - c0), _fmt_time(_perf() - t0)))
+                _fmt_timespan(time.process_time() - c0), _fmt_timespan(_perf() - t0)))
             return status
         if name == "timeit":
             return self._run_magic_call(lambda: _timeit_magic(arg, self.ns, {}, body))
@@ -1384,6 +1381,11 @@ def _format(value):
                 data[mime] = v
     if "text/plain" not in data:
         data["text/plain"] = _pretty(value)
+    return _capped(data)
+
+
+def _capped(data):
+    """A MIME bundle within the caps: long text cut, other data over the cap dropped."""
     for mime, v in data.items():
         if len(v) > MAX_MIME_CHARS:
             data[mime] = (_cut_text(v, MAX_MIME_CHARS) if mime.startswith("text/")
@@ -1455,16 +1457,6 @@ def _format_traceback(e):
     return text.splitlines()
 
 
-def _fmt_time(seconds):
-    if seconds >= 1:
-        return "%.2f s" % seconds
-    if seconds >= 1e-3:
-        return "%.2f ms" % (seconds * 1e3)
-    if seconds >= 1e-6:
-        return "%.2f \u00b5s" % (seconds * 1e6)
-    return "%.0f ns" % (seconds * 1e9)
-
-
 # ---------------------------------------------------------------- cell transforms
 
 # Line magics the kernel accepts. No-ops are documented in docs/kernel.md.
@@ -1475,8 +1467,9 @@ SHELL_ALIASES = {"cat": "cat", "cp": "cp", "ll": "ls -F -o", "ls": "ls -F", "mkd
                  "mv": "mv", "rm": "rm", "rmdir": "rmdir", "less": "less", "more": "more",
                  "man": "man", "clear": None}
 MAGIC_NAMES = frozenset(LINE_MAGICS) | frozenset(SHELL_ALIASES)
-# A one-line cell that may be an automagic call: indent, a name, then nothing or a space.
-_AUTOMAGIC_LINE = re.compile(r"^(\s*)([A-Za-z_]\w*)(\s.*)?$", re.S)
+# A one-line cell that may be an automagic call: indent, a name, then nothing or a space
+# and the rest of that one line. A cell of more lines does not match.
+_AUTOMAGIC_LINE = re.compile(r"(\s*)([A-Za-z_]\w*)([ \t][^\n]*)?\s*\Z")
 CELL_MAGICS = ("time", "timeit", "bash", "sh", "writefile", "capture", "html")
 
 
@@ -1530,7 +1523,7 @@ def _automagic(code, ns):
     (`ls -l /data`, `cd /tmp`, `pwd`) runs the magic unless a variable, builtin or
     keyword of that name shadows it or the line assigns to it (`ls = 1`). As in IPython
     7 and later, cells of more than one line are left alone."""
-    m = _AUTOMAGIC_LINE.match(code)
+    m = _AUTOMAGIC_LINE.match(code)  # fails at once for most cells: `1+1`, `df.head()`
     if m is None:
         return code
     name, rest = m.group(2), m.group(3) or ""
@@ -1543,8 +1536,6 @@ def _automagic(code, ns):
 def _transform(code):
     """Rewrite `!cmd`, `x = !cmd`, `%magic`, `x = %magic` and `obj?` lines into calls on
     __dsbox__."""
-    import re
-
     lines = code.split("\n")
     starts = _logical_starts(lines)
     changed = False
@@ -1770,8 +1761,6 @@ def _shquote(s):
 
 def _expand(cmd, ns):
     """IPython's expansion in shell commands: {expr} and $name from the user's namespace."""
-    import re
-
     def expr(m):
         try:
             return str(_eval(m.group(1), ns))
@@ -1847,7 +1836,7 @@ def _time_magic(stmt, globs, locs):
         is_expr = False
     result = _eval(code, globs, locs) if is_expr else _exec(code, globs, locs)
     print("CPU times: total: %s\nWall time: %s" % (
-        _fmt_time(time.process_time() - c0), _fmt_time(_perf() - t0)))
+        _fmt_timespan(time.process_time() - c0), _fmt_timespan(_perf() - t0)))
     return result if is_expr else None
 
 
