@@ -1034,8 +1034,7 @@ class Kernel:
             self._emit_syntax_error(e)
             return "error"
         except _UsageError as e:
-            self._item({"type": "error", "name": "UsageError", "value": str(e),
-                        "traceback": ["UsageError: %s" % e]})
+            self._emit_exception(e)
             return "error"
         ns = self.ns
         if api is not None:
@@ -1240,7 +1239,7 @@ class Kernel:
 
     def _emit_exception(self, e):
         if type(e) is _UsageError:
-            # A line magic misused at run time: IPython shows the message alone.
+            # A magic unknown or misused: IPython shows the message alone.
             self._item({"type": "error", "name": "UsageError", "value": str(e),
                         "traceback": ["UsageError: %s" % e]})
             return
@@ -1296,9 +1295,7 @@ class Kernel:
             return self._run_magic_call(
                 lambda: self._item({"type": "display_data",
                                     "data": {"text/html": body, "text/plain": "<HTML>"}}))
-        self._item({"type": "error", "name": "UsageError",
-                    "value": "Cell magic `%%%%%s` not found." % name,
-                    "traceback": ["UsageError: Cell magic `%%%%%s` not found." % name]})
+        self._emit_exception(_UsageError("Cell magic `%%%%%s` not found." % name))
         return "error"
 
     def _run_magic_call(self, fn):
@@ -1309,11 +1306,6 @@ class Kernel:
             self.in_cell = False
             self._emit_exception(e)
             return "interrupted"
-        except _UsageError as e:
-            self.in_cell = False
-            self._item({"type": "error", "name": "UsageError", "value": str(e),
-                        "traceback": ["UsageError: %s" % e]})
-            return "error"
         except BaseException as e:
             self.in_cell = False
             self._emit_exception(e)

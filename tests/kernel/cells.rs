@@ -293,6 +293,14 @@ async fn line_magics_are_accepted_and_unknown_ones_are_usage_errors() {
     let table: Vec<&str> = stdout.lines().collect();
     assert_eq!(table[0], "Variable   Type   Data/Info", "{cell:?}");
     assert!(table.contains(&"numbers    list   n=3"), "{cell:?}");
+    let cell = run(&mut k, "%%nosuchmagic\nprint('never')").await;
+    let (name, value, traceback) = cell.error().unwrap();
+    assert_eq!(
+        (name, value, traceback.len()),
+        ("UsageError", "Cell magic `%%nosuchmagic` not found.", 1),
+        "{cell:?}"
+    );
+    assert_eq!(cell.stdout(), "", "{cell:?}");
     let cell = run(&mut k, "print('never')\n%nosuchmagic").await;
     assert_eq!(cell.status, CellStatus::Error);
     let (name, value, _) = cell.error().unwrap();
